@@ -1,0 +1,157 @@
+"""The CRNN: a small CNN reads the image, two BiLSTMs read the columns, CTC aligns.
+
+Image (50, 200, 1) -> CNN (strided stem, 8x downsampling) -> height folded into features -> 25 time steps of 8 pixels each -> 2 x BiLSTM
+-> per-step softmax over the symbols + the CTC blank (index 0).
+
+The saved model maps image -> per-step probabilities and contains only built-in
+layers, so `keras.saving.load_model(path)` loads it in safe mode.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from preprocess import LabelSpec, spec_path_for
+
+CONV_FILTERS = (16, 32, 96, 128)
+RNN_UNITS = 128
+DOWNSAMPLE_W = 8  # image columns per time step
+
+
+def time_steps(spec: LabelSpec) -> int:
+    return spec.img_width // DOWNSAMPLE_W
+
+
+def conv_block(x, filters: int, name: str, strides: int = 1):
+    x = layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False,
+                      name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_model(spec: LabelSpec, dropout: float = 0.2) -> keras.Model:
+    """The inference model: image -> (time_steps, num_classes) probabilities.
+
+    Speed comes from shape, not kernels: a strided first convolution and few channels
+    where maps are large keep the CNN cheap; 25 unrolled LSTM steps keep the RNN cheap.
+    Raises ValueError when the time steps cannot hold the longest label: CTC needs a
+    blank between repeated symbols, so a label of length L may need 2L - 1 steps.
+    """
+    steps = time_steps(spec)
+    if steps < 2 * spec.max_length - 1:
+        raise ValueError(f"{steps} time steps cannot hold labels of {spec.max_length} symbols "
+                         f"(need {2 * spec.max_length - 1})")
+    inputs = keras.Input((spec.img_height, spec.img_width, 1), name="image")
+    x = conv_block(inputs, CONV_FILTERS[0], "block1", strides=2)  # 25 x 100
+    x = conv_block(x, CONV_FILTERS[1], "block2")
+    x = layers.MaxPooling2D(2, name="pool2")(x)  # 12 x 50
+    x = conv_block(x, CONV_FILTERS[2], "block3")
+    x = conv_block(x, CONV_FILTERS[3], "block4")
+    x = layers.MaxPooling2D(2, name="pool3")(x)  # 6 x 25
+    # (H, W, C) -> (W, H * C): each time step sees one whole column band.
+    x = layers.Permute((2, 1, 3), name="width_first")(x)
+    x = layers.Reshape((steps, -1), name="columns")(x)
+    x = layers.Dense(RNN_UNITS, activation="relu", name="column_features")(x)
+    x = layers.Dropout(dropout, name="feature_dropout")(x)
+    for i in (1, 2):
+        lstm = layers.LSTM(RNN_UNITS, return_sequences=True, unroll=True)
+        x = layers.Bidirectional(lstm, name=f"bilstm{i}")(x)
+    x = layers.Dropout(dropout, name="sequence_dropout")(x)
+    outputs = layers.Dense(spec.num_classes, activation="softmax", name="symbol_probs")(x)
+    return keras.Model(inputs, outputs, name="crnn_ctc")
+
+
+def replace_output_layer(model: keras.Model, spec: LabelSpec) -> keras.Model:
+    """Same features and sequence layers, a new softmax sized for `spec` (fine-tuning)."""
+    features = model.get_layer("sequence_dropout").output
+    outputs = layers.Dense(spec.num_classes, activation="softmax", name="symbol_probs")(features)
+    return keras.Model(model.input, outputs, name="crnn_ctc")
+
+
+@keras.saving.register_keras_serializable(package="captcha_crnn")
+def ctc_loss(y_true, y_pred):
+    """CTC loss for padded labels: y_true holds 1-based symbols, 0 marks padding.
+
+    The label length is counted per sample, so labels of different lengths mix in a batch.
+    Probabilities are passed as log-probabilities, which the CTC op treats as logits.
+    """
+    y_true = ops.cast(y_true, "int32")
+    label_length = ops.sum(ops.cast(ops.greater(y_true, 0), "int32"), axis=-1)
+    batch = ops.shape(y_pred)[0]
+    logit_length = ops.full((batch,), ops.shape(y_pred)[1], dtype="int32")
+    log_probs = ops.log(ops.clip(y_pred, 1e-8, 1.0))
+    return ops.ctc_loss(y_true, log_probs, label_length, logit_length, mask_index=0)
+
+
+def decode_predictions(probs, spec: LabelSpec, beam_width: int = 1) -> tuple[list[str], list[float]]:
+    """Per-step probabilities -> (texts, best-path probabilities).
+
+    beam_width 1 is greedy decoding; larger values use CTC beam search.
+    """
+    batch, steps = probs.shape[0], probs.shape[1]
+    log_probs = ops.log(ops.clip(ops.convert_to_tensor(probs), 1e-8, 1.0))
+    lengths = ops.full((batch,), steps, dtype="int32")
+    if beam_width > 1:
+        decoded, scores = ops.ctc_decode(log_probs, lengths, strategy="beam_search",
+                                         beam_width=beam_width, top_paths=1)
+        path_log_prob = ops.convert_to_numpy(scores)[:, 0]
+    else:
+        decoded, scores = ops.ctc_decode(log_probs, lengths, strategy="greedy")
+        path_log_prob = -ops.convert_to_numpy(scores)[:, 0]
+    decoded = ops.convert_to_numpy(decoded)[0]
+    texts = [spec.decode(row) for row in decoded]
+    return texts, [float(np.clip(np.exp(p), 0.0, 1.0)) for p in path_log_prob]
+
+
+class ModelLoadError(ValueError):
+    """A model file is missing, unreadable, or not a CAPTCHA reader."""
+
+
+def save_reader(model: keras.Model, spec: LabelSpec, path: str | Path) -> None:
+    """Save model and spec atomically: each goes to a temp file, then is renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec.save(spec_path_for(path))
+    tmp = path.with_name(f".{path.stem}.partial.keras")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def load_reader(path: str | Path, compile: bool = False) -> tuple[keras.Model, LabelSpec]:
+    """Load a model in safe mode together with the spec saved beside it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"model not found: {path}")
+    spec_file = spec_path_for(path)
+    if not spec_file.is_file():
+        raise ModelLoadError(f"model spec not found: {spec_file} (it is saved beside the model)")
+    try:
+        spec = LabelSpec.load(spec_file)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ModelLoadError(f"invalid model spec {spec_file}: {err}") from None
+    try:
+        model = keras.saving.load_model(path, compile=compile)
+    except Exception as err:  # keras raises many types for a file that is not a model
+        raise ModelLoadError(f"not a loadable Keras model: {path} ({type(err).__name__})") from None
+    expected = (None, time_steps(spec), spec.num_classes)
+    if tuple(model.output_shape) != expected:
+        raise ModelLoadError(f"model output {model.output_shape} does not match its spec "
+                             f"{expected}: {path}")
+    return model, spec
+
+
+def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec,
+                  batch_size: int = 64, beam_width: int = 1) -> tuple[list[str], list[float]]:
+    """Preprocessed images (N, 50, 200, 1) -> texts and best-path probabilities."""
+    texts, confidences = [], []
+    for start in range(0, len(images), batch_size):
+        probs = model.predict_on_batch(images[start:start + batch_size])
+        batch_texts, batch_conf = decode_predictions(probs, spec, beam_width)
+        texts += batch_texts
+        confidences += batch_conf
+    return texts, confidences

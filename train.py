@@ -1,0 +1,299 @@
+"""Train the CRNN with CTC loss, checkpoint it, and evaluate it on a held-out split.
+
+    python train.py                                    # synthetic default data, made on first run
+    python train.py --data-dir my_captchas/ --epochs 40
+    python train.py --init-from saved_model/crnn_ctc_final.keras --data-dir site/   # fine-tune
+
+Images are named by their label (`aB3xQ.png`, `aB3xQ_2.png`). Preprocessed images are cached
+on disk as uint8 and streamed in batches by tf.data, so memory stays bounded as data grows.
+Stopping a run (Ctrl-C, kill) is safe: started again with the same arguments, it resumes
+from the last finished epoch. Model files are written to a temp file, then renamed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from generate import generate_captchas  # noqa: E402
+from metrics import score  # noqa: E402
+from model import (ModelLoadError, build_model, ctc_loss, load_reader, predict_texts,  # noqa: E402
+                   replace_output_layer, save_reader)
+from preprocess import (DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH, LabelSpec, infer_spec,  # noqa: E402
+                        preprocessed_cache, scan_labelled_folder, split_dataset)
+
+DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
+DEFAULT_SYNTHETIC_COUNT = 40000
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", help="folder of images named <label>.png; omitted: synthetic "
+                   f"CAPTCHAs are generated into {DEFAULT_SYNTHETIC_DIR}/ (reused when present)")
+    p.add_argument("--synthetic-count", type=int, default=DEFAULT_SYNTHETIC_COUNT,
+                   help="how many synthetic images to make when --data-dir is omitted")
+    p.add_argument("--epochs", type=int, default=30, help="maximum passes over the training split")
+    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    p.add_argument("--limit", type=int, help="use only the first N labelled images (quick runs)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3, 3e-4 with --init-from)")
+    p.add_argument("--out", default="saved_model", help="folder for checkpoints and metrics")
+    p.add_argument("--name", default="crnn_ctc", help="model file prefix: <name>_best.keras, "
+                   "<name>_final.keras")
+    p.add_argument("--seed", type=int, default=42, help="seed for the split, shuffling and weights")
+    p.add_argument("--charset", help="symbols the model reads (default: A-Z a-z 0-9 for synthetic "
+                   "data, the symbols found in the labels for --data-dir)")
+    p.add_argument("--min-length", type=int, help="shortest label (default: from the data)")
+    p.add_argument("--max-length", type=int, help="longest label (default: from the data)")
+    p.add_argument("--auto-crop", action="store_true",
+                   help="crop every image to its text region before resizing (wide margins)")
+    p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
+                   "layers, new output layer if the charset differs")
+    p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
+                   "contrast and noise on training images")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation")
+    p.add_argument("--test-fraction", type=float, default=0.1, help="share held out for the test")
+    p.add_argument("--patience", type=int, default=6, help="epochs without validation "
+                   "improvement before stopping (the learning rate drops after half of them)")
+    args = p.parse_args(argv)
+    if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 3):
+        p.error("--epochs and --batch-size must be positive, --limit at least 3")
+    return args
+
+
+def resolve_data(args: argparse.Namespace) -> tuple[Path, LabelSpec | None]:
+    """The data folder, and the spec fixed by the command line (None: infer from labels)."""
+    if args.data_dir:
+        data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            raise FileNotFoundError(f"data folder not found: {data_dir}")
+        fixed = None
+    else:
+        data_dir = DEFAULT_SYNTHETIC_DIR
+        generate_captchas(data_dir, args.synthetic_count, seed=0)
+        fixed = LabelSpec()
+    if args.charset or args.min_length or args.max_length:
+        base = fixed or LabelSpec()
+        fixed = LabelSpec(args.charset or base.charset,
+                          args.min_length or base.min_length,
+                          args.max_length or base.max_length)
+    return data_dir, fixed
+
+
+def choose_spec(labels: list[str], fixed: LabelSpec | None, init_spec: LabelSpec | None,
+                auto_crop: bool) -> LabelSpec:
+    """Fixed by flags, else the pretrained model's if the labels fit it, else inferred."""
+    if fixed is not None:
+        spec = fixed
+    elif init_spec is not None and all(init_spec.label_problem(s) is None for s in labels):
+        spec = init_spec
+    else:
+        spec = infer_spec(labels)
+        if init_spec is not None:  # keep the pretrained length range where it covers the data
+            spec = LabelSpec(spec.charset, min(spec.min_length, init_spec.min_length),
+                             max(spec.max_length, init_spec.max_length))
+    return LabelSpec(spec.charset, spec.min_length, spec.max_length, auto_crop=auto_crop)
+
+
+def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Random shift, zoom, contrast and noise, so the model learns the text, not the pixels."""
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(seed, 4)
+    # Shift up to 4% of width / 8% of height and zoom +-8% with one affine warp per image.
+    zoom = tf.random.stateless_uniform([batch, 1], seeds[0], 0.92, 1.08)
+    shift = tf.random.stateless_uniform([batch, 2], seeds[1], -1.0, 1.0) * [[8.0, 4.0]]
+    h, w = float(images.shape[1]), float(images.shape[2])
+    cx, cy = w / 2, h / 2
+    zeros = tf.zeros([batch, 1])
+    transforms = tf.concat([1 / zoom, zeros, cx - cx / zoom + shift[:, :1],
+                            zeros, 1 / zoom, cy - cy / zoom + shift[:, 1:],
+                            zeros, zeros], axis=1)
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
+        fill_value=1.0, interpolation="BILINEAR", fill_mode="NEAREST")
+    contrast = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[2], 0.7, 1.3)
+    mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+    images = (images - mean) * contrast + mean
+    noise = tf.random.stateless_normal(tf.shape(images), seeds[3], stddev=0.04)
+    return tf.clip_by_value(images + noise, 0.0, 1.0)
+
+
+def make_dataset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, batch_size: int,
+                 training: bool, augment_images: bool, seed: int) -> tf.data.Dataset:
+    """Batches of (image float32 (B, 50, 200, 1), padded labels) streamed from the cache.
+
+    Only the indices are shuffled in memory; each batch is gathered from the memory-mapped
+    uint8 cache on demand, so memory does not grow with the data set.
+    """
+    ds = tf.data.Dataset.from_tensor_slices(indices)
+    if training:
+        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(images[np.sort(idx)]), labels[np.sort(idx)]
+
+    def load(idx):
+        x, y = tf.numpy_function(gather, [idx], [tf.uint8, tf.int32])
+        x = tf.cast(tf.expand_dims(x, -1), tf.float32) / 255.0
+        x.set_shape([None, images.shape[1], images.shape[2], 1])
+        y.set_shape([None, labels.shape[1]])
+        return x, y
+
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if training and augment_images:
+        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
+        ds = tf.data.Dataset.zip((ds, counter)).map(
+            lambda xy, s: (augment(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+class Warmup(keras.callbacks.Callback):
+    """Ramp the learning rate up over the first steps: CTC with a fresh LSTM diverges or
+    stalls on a long plateau when it starts at full speed."""
+
+    def __init__(self, peak_lr: float, steps: int):
+        super().__init__()
+        self.peak_lr, self.steps = peak_lr, max(1, steps)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        step = int(self.model.optimizer.iterations.numpy())
+        if step <= self.steps:
+            self.model.optimizer.learning_rate.assign(self.peak_lr * min(1.0, (step + 1) / self.steps))
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Best model by validation loss, plus a resumable training state, both written atomically."""
+
+    def __init__(self, spec: LabelSpec, best_path: Path, state_dir: Path, best: float):
+        super().__init__()
+        self.spec, self.best_path, self.state_dir, self.best = spec, best_path, state_dir, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        val_loss = float(logs.get("val_loss", np.inf))
+        if val_loss < self.best:
+            self.best = val_loss
+            save_reader(self.model, self.spec, self.best_path)
+            print(f"\nepoch {epoch + 1}: val_loss improved to {val_loss:.4f}, saved {self.best_path}")
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / ".state.partial.keras"
+        self.model.save(tmp)
+        os.replace(tmp, self.state_dir / "state.keras")
+        info = {"epoch": epoch + 1, "best_val_loss": self.best}
+        (self.state_dir / ".state.partial.json").write_text(json.dumps(info))
+        os.replace(self.state_dir / ".state.partial.json", self.state_dir / "state.json")
+
+
+def run_fingerprint(args: argparse.Namespace) -> str:
+    """Runs with the same arguments share one resume state."""
+    keys = {k: v for k, v in vars(args).items() if k != "epochs"}
+    return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    keras.utils.set_random_seed(args.seed)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    init_model, init_spec = (load_reader(args.init_from) if args.init_from else (None, None))
+    data_dir, fixed = resolve_data(args)
+    scan = scan_labelled_folder(data_dir, fixed)
+    paths, labels = scan.paths[: args.limit], scan.labels[: args.limit]
+    if len(paths) < 3:
+        raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
+    spec = choose_spec(labels, fixed, init_spec, args.auto_crop)
+    print(f"data: {data_dir}: {scan.summary()}; using {len(paths)}")
+    print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}")
+
+    images, ok = preprocessed_cache(paths, data_dir / ".cache", spec.auto_crop)
+    if not ok.all():
+        print(f"skipped {int((~ok).sum())} unreadable images")
+    usable = np.flatnonzero(ok)
+    encoded = np.stack([spec.encode(s) for s in labels])
+    if encoded.min() < 0 or encoded.max() >= spec.num_classes:
+        raise ValueError(f"label indices out of range 0..{spec.num_classes - 1}")
+    train_i, val_i, test_i = (usable[i] for i in split_dataset(
+        len(usable), args.val_fraction, args.test_fraction, args.seed))
+    print(f"split: {len(train_i)} train, {len(val_i)} validation, {len(test_i)} test")
+
+    lr = args.lr or (3e-4 if init_model is not None else 1e-3)
+    state_dir = out_dir / ".resume" / run_fingerprint(args)
+    best_path = out_dir / f"{args.name}_best.keras"
+    final_path = out_dir / f"{args.name}_final.keras"
+    initial_epoch, best = 0, np.inf
+    if (state_dir / "state.json").exists():
+        state = json.loads((state_dir / "state.json").read_text())
+        initial_epoch, best = state["epoch"], state["best_val_loss"]
+        model = keras.saving.load_model(state_dir / "state.keras")
+        print(f"resuming after epoch {initial_epoch} from {state_dir}")
+    else:
+        if init_model is None:
+            model = build_model(spec)
+        elif init_spec.charset == spec.charset:
+            model = init_model
+        else:
+            model = replace_output_layer(init_model, spec)
+        model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
+
+    train_ds = make_dataset(images, encoded, train_i, args.batch_size, True, not args.no_augment, args.seed)
+    val_ds = make_dataset(images, encoded, val_i, args.batch_size, False, False, args.seed)
+    steps_per_epoch = int(np.ceil(len(train_i) / args.batch_size))
+    callbacks = [
+        Warmup(lr, min(steps_per_epoch, 500)) if initial_epoch == 0 else keras.callbacks.Callback(),
+        keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, args.patience // 2),
+                                          min_lr=lr / 100, verbose=1),
+        keras.callbacks.EarlyStopping(patience=args.patience),
+        Checkpoints(spec, best_path, state_dir, best),
+    ]
+    start = time.time()
+    epochs_run = initial_epoch
+    if initial_epoch < args.epochs:
+        history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
+                  callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
+        epochs_run += len(history.epoch)
+    minutes = (time.time() - start) / 60
+
+    if best_path.exists():
+        model, _ = load_reader(best_path)
+    save_reader(model, spec, final_path)
+    predictions = []
+    for chunk in np.array_split(test_i, max(1, len(test_i) // 1024)):
+        batch = np.asarray(images[chunk], dtype=np.float32)[..., None] / 255.0
+        predictions += predict_texts(model, batch, spec)[0]
+    results = score(predictions, [labels[i] for i in test_i])
+    results.update(train_images=len(train_i), epochs_run=epochs_run,
+                   train_minutes=round(minutes, 1), data_dir=str(data_dir), command=" ".join(sys.argv))
+    metrics_path = final_path.with_suffix(".metrics.json")
+    metrics_path.write_text(json.dumps(results, indent=2))
+    print(f"test split: exact_match={results['exact_match']:.4f} "
+          f"exact_match_ci={results['exact_match_ci']:.4f} cer={results['cer']:.4f} n={results['n']}")
+    print(f"saved {final_path} and {metrics_path}")
+    shutil.rmtree(state_dir, ignore_errors=True)
+    return 0
+
+
+def cli(argv: list[str] | None = None) -> int:
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print("interrupted: run the same command again to resume", file=sys.stderr)
+        return 130
+    except (FileNotFoundError, ValueError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli())
