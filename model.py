@@ -10,11 +10,38 @@ layers, so `keras.saving.load_model(path)` loads it in safe mode.
 from __future__ import annotations
 
 import os
+import sys
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
-import keras
-import numpy as np
-from keras import layers, ops
+
+@contextmanager
+def stderr_kept_unless_failing():
+    """Hold back what native code writes to stderr (TensorFlow's start-up log lines), and
+    replay it only if the block fails, so a CLI error stays one line."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            held.seek(0)
+            sys.stderr.write(held.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+with stderr_kept_unless_failing():
+    import keras
+    import numpy as np
+    import tensorflow  # noqa: F401  (imported here so its start-up log is held back)
+    from keras import layers, ops
 
 from preprocess import LabelSpec, spec_path_for
 
@@ -66,11 +93,23 @@ def build_model(spec: LabelSpec, dropout: float = 0.2) -> keras.Model:
     return keras.Model(inputs, outputs, name="crnn_ctc")
 
 
-def replace_output_layer(model: keras.Model, spec: LabelSpec) -> keras.Model:
-    """Same features and sequence layers, a new softmax sized for `spec` (fine-tuning)."""
+def replace_output_layer(model: keras.Model, old_spec: LabelSpec, spec: LabelSpec) -> keras.Model:
+    """Same features and sequence layers, a softmax sized for `spec` (fine-tuning).
+
+    Symbols the two charsets share, and the blank, keep their trained output weights, so a
+    model fine-tuned on digits starts out already reading digits.
+    """
     features = model.get_layer("sequence_dropout").output
-    outputs = layers.Dense(spec.num_classes, activation="softmax", name="symbol_probs")(features)
-    return keras.Model(model.input, outputs, name="crnn_ctc")
+    head = layers.Dense(spec.num_classes, activation="softmax", name="symbol_probs")
+    new_model = keras.Model(model.input, head(features), name="crnn_ctc")
+    old_kernel, old_bias = model.get_layer("symbol_probs").get_weights()
+    kernel, bias = head.get_weights()
+    rows = [(0, 0)] + [(spec.charset.index(c) + 1, old_spec.charset.index(c) + 1)
+                       for c in spec.charset if c in old_spec.charset]
+    for new_i, old_i in rows:
+        kernel[:, new_i], bias[new_i] = old_kernel[:, old_i], old_bias[old_i]
+    head.set_weights([kernel, bias])
+    return new_model
 
 
 @keras.saving.register_keras_serializable(package="captcha_crnn")
@@ -145,13 +184,41 @@ def load_reader(path: str | Path, compile: bool = False) -> tuple[keras.Model, L
     return model, spec
 
 
+def calibrated(path_probs, spec: LabelSpec) -> np.ndarray:
+    """Best-path probabilities -> probabilities that the whole answer is right.
+
+    Uses the logistic map fitted on validation data at the end of training; models
+    without one report the best-path probability itself.
+    """
+    path_probs = np.asarray(path_probs, dtype=np.float64)
+    if spec.calibration is None:
+        return path_probs
+    slope, intercept = spec.calibration
+    return 1.0 / (1.0 + np.exp(-(slope * np.log(np.clip(path_probs, 1e-12, 1.0)) + intercept)))
+
+
+def fit_calibration(path_probs, correct) -> tuple[float, float] | None:
+    """Logistic regression of correctness on log best-path probability (None if one class)."""
+    from sklearn.linear_model import LogisticRegression
+
+    correct = np.asarray(correct, dtype=int)
+    if correct.min() == correct.max():
+        return None
+    features = np.log(np.clip(np.asarray(path_probs, dtype=np.float64), 1e-12, 1.0))[:, None]
+    fit = LogisticRegression(C=1.0).fit(features, correct)
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
 def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec,
                   batch_size: int = 64, beam_width: int = 1) -> tuple[list[str], list[float]]:
-    """Preprocessed images (N, 50, 200, 1) -> texts and best-path probabilities."""
+    """Preprocessed images (N, 50, 200, 1) -> texts and confidences in [0, 1].
+
+    The confidence is the calibrated probability that the text is right (see `calibrated`).
+    """
     texts, confidences = [], []
     for start in range(0, len(images), batch_size):
         probs = model.predict_on_batch(images[start:start + batch_size])
-        batch_texts, batch_conf = decode_predictions(probs, spec, beam_width)
+        batch_texts, path_probs = decode_predictions(probs, spec, beam_width)
         texts += batch_texts
-        confidences += batch_conf
+        confidences += calibrated(path_probs, spec).tolist()
     return texts, confidences

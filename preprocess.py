@@ -13,7 +13,7 @@ import os
 import string
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -47,15 +47,23 @@ class LabelSpec:
     img_height: int = IMG_HEIGHT
     img_width: int = IMG_WIDTH
     auto_crop: bool = False
-    extra: dict = field(default_factory=dict, compare=False)
+    # Logistic map from the log best-path probability to P(answer right), fitted on
+    # validation data after training: (slope, intercept). None: the raw probability.
+    calibration: tuple[float, float] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not self.charset:
             raise ValueError("charset is empty")
         if len(set(self.charset)) != len(self.charset):
             raise ValueError(f"charset has repeated symbols: {self.charset!r}")
+        if self.calibration is not None:
+            object.__setattr__(self, "calibration", tuple(float(v) for v in self.calibration))
         if not 1 <= self.min_length <= self.max_length:
             raise ValueError(f"invalid label lengths {self.min_length}..{self.max_length}")
+
+    def with_options(self, **changes) -> "LabelSpec":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
 
     @property
     def num_classes(self) -> int:
@@ -313,12 +321,15 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool
 
 def split_dataset(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
                   seed: int = 42) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seeded train/validation/test index split (scikit-learn)."""
+    """Seeded train/validation/test index split (scikit-learn); a zero fraction is empty."""
     indices = np.arange(n)
     if n < 3:
         raise ValueError(f"need at least 3 images to split, got {n}")
-    rest, test = train_test_split(indices, test_size=max(1, round(n * test_fraction)),
-                                  random_state=seed)
-    train, val = train_test_split(rest, test_size=max(1, round(n * val_fraction)),
+    empty = np.array([], dtype=int)
+    test = empty
+    if test_fraction > 0:
+        indices, test = train_test_split(indices, test_size=max(1, round(n * test_fraction)),
+                                         random_state=seed)
+    train, val = train_test_split(indices, test_size=max(1, round(n * val_fraction)),
                                   random_state=seed)
     return np.sort(train), np.sort(val), np.sort(test)

@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from model import (ModelLoadError, build_model, ctc_loss, fit_calibration, load_reader,  # noqa: I001
+                   predict_texts, replace_output_layer, save_reader)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -29,8 +30,6 @@ import tensorflow as tf  # noqa: E402
 
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from model import (ModelLoadError, build_model, ctc_loss, load_reader, predict_texts,  # noqa: E402
-                   replace_output_layer, save_reader)
 from preprocess import (DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH, LabelSpec, infer_spec,  # noqa: E402
                         preprocessed_cache, scan_labelled_folder, split_dataset)
 
@@ -195,9 +194,28 @@ class Checkpoints(keras.callbacks.Callback):
         os.replace(self.state_dir / ".state.partial.json", self.state_dir / "state.json")
 
 
+def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
+                indices: np.ndarray) -> tuple[list[str], list[float]]:
+    """Read the cached images at `indices`, in chunks so memory stays bounded."""
+    texts: list[str] = []
+    confidences: list[float] = []
+    for start in range(0, len(indices), 1024):
+        chunk = indices[start:start + 1024]
+        batch = np.asarray(images[chunk], dtype=np.float32)[..., None] / 255.0
+        chunk_texts, chunk_conf = predict_texts(model, batch, spec)
+        texts += chunk_texts
+        confidences += chunk_conf
+    return texts, confidences
+
+
+RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
+            "charset", "min_length", "max_length", "auto_crop", "init_from", "no_augment",
+            "val_fraction", "test_fraction", "patience")
+
+
 def run_fingerprint(args: argparse.Namespace) -> str:
-    """Runs with the same arguments share one resume state."""
-    keys = {k: v for k, v in vars(args).items() if k != "epochs"}
+    """Runs that agree on everything but --epochs share one resume state."""
+    keys = {k: getattr(args, k) for k in RUN_KEYS}
     return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -244,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         elif init_spec.charset == spec.charset:
             model = init_model
         else:
-            model = replace_output_layer(init_model, spec)
+            model = replace_output_layer(init_model, init_spec, spec)
         model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
 
     train_ds = make_dataset(images, encoded, train_i, args.batch_size, True, not args.no_augment, args.seed)
@@ -261,24 +279,25 @@ def main(argv: list[str] | None = None) -> int:
     epochs_run = initial_epoch
     if initial_epoch < args.epochs:
         history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, verbose=2 if os.environ.get("CI") else 1)
+                  callbacks=callbacks, shuffle=False,  # the dataset shuffles itself
+                  verbose=2 if os.environ.get("CI") else 1)
         epochs_run += len(history.epoch)
     minutes = (time.time() - start) / 60
 
     if best_path.exists():
         model, _ = load_reader(best_path)
+    val_texts, val_conf = read_cached(model, spec, images, val_i)
+    spec = spec.with_options(calibration=fit_calibration(
+        val_conf, [t == labels[i] for t, i in zip(val_texts, val_i)]))
     save_reader(model, spec, final_path)
-    predictions = []
-    for chunk in np.array_split(test_i, max(1, len(test_i) // 1024)):
-        batch = np.asarray(images[chunk], dtype=np.float32)[..., None] / 255.0
-        predictions += predict_texts(model, batch, spec)[0]
-    results = score(predictions, [labels[i] for i in test_i])
-    results.update(train_images=len(train_i), epochs_run=epochs_run,
-                   train_minutes=round(minutes, 1), data_dir=str(data_dir), command=" ".join(sys.argv))
+    results = score(read_cached(model, spec, images, test_i)[0], [labels[i] for i in test_i])
+    results.update(train_images=len(train_i), epochs_run=epochs_run, train_minutes=round(minutes, 1),
+                   data_dir=str(data_dir), command=" ".join(["python", "train.py", *sys.argv[1:]]))
     metrics_path = final_path.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(results, indent=2))
-    print(f"test split: exact_match={results['exact_match']:.4f} "
-          f"exact_match_ci={results['exact_match_ci']:.4f} cer={results['cer']:.4f} n={results['n']}")
+    if results["n"]:
+        print(f"test split: exact_match={results['exact_match']:.4f} "
+              f"exact_match_ci={results['exact_match_ci']:.4f} cer={results['cer']:.4f} n={results['n']}")
     print(f"saved {final_path} and {metrics_path}")
     shutil.rmtree(state_dir, ignore_errors=True)
     return 0

@@ -1,0 +1,80 @@
+"""Accuracy of a model on CAPTCHAs it has never seen, with the confusions that remain.
+
+By default generates a fresh default-style set (the generator's noise is never the same
+twice, and the label seed differs from training's 0), or reads an existing labelled folder.
+
+    python bench/accuracy.py --count 2000 --seed 2026
+    python bench/accuracy.py --folder ../shared/realdata/multicolorcaptcha --model saved_model/multicolorcaptcha.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from generate import generate_captchas  # noqa: E402
+from metrics import confusion_pairs, score  # noqa: E402
+from model import load_reader, predict_texts  # noqa: E402
+from preprocess import load_and_preprocess, scan_labelled_folder  # noqa: E402
+
+
+def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1):
+    """(predictions, truths, confidences) for every valid labelled image in `folder`."""
+    scan = scan_labelled_folder(folder, spec)
+    predictions, confidences = [], []
+    for start in tqdm(range(0, len(scan.paths), batch_size), desc="read", unit="batch"):
+        batch = np.stack([load_and_preprocess(p, spec.auto_crop)
+                          for p in scan.paths[start:start + batch_size]])
+        texts, conf = predict_texts(model, batch, spec, batch_size, beam_width)
+        predictions += texts
+        confidences += conf
+    return predictions, scan.labels, confidences
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "saved_model" / "crnn_ctc_final.keras"))
+    parser.add_argument("--folder", help="labelled folder to read instead of a generated set")
+    parser.add_argument("--count", type=int, default=2000, help="images to generate")
+    parser.add_argument("--seed", type=int, default=2026, help="label seed for the generated set")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--beam-width", type=int, default=1)
+    parser.add_argument("--top", type=int, default=15, help="confusion pairs to list")
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args()
+
+    model, spec = load_reader(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.folder) if args.folder else Path(tmp)
+        if not args.folder:
+            generate_captchas(folder, args.count, seed=args.seed)
+        predictions, truths, _ = read_folder(model, spec, folder, args.batch_size, args.beam_width)
+    results = score(predictions, truths)
+    pairs = confusion_pairs(predictions, truths)
+    source = args.folder or f"generated default style, {args.count} images, seed {args.seed}"
+    print(f"model: {args.model}\ndata: {source}")
+    print(f"exact_match={results['exact_match']:.4f} exact_match_ci={results['exact_match_ci']:.4f} "
+          f"cer={results['cer']:.4f} n={results['n']}")
+    case_only = sum(n for (t, p), n in pairs.items() if t.lower() == p.lower())
+    print(f"substitutions: {sum(pairs.values())}, of which case only: {case_only}")
+    print("top confusions (true -> predicted: count):")
+    for (t, p), n in pairs.most_common(args.top):
+        print(f"  {t} -> {p}: {n}")
+    if args.json:
+        results["confusions"] = {f"{t}->{p}": n for (t, p), n in pairs.most_common()}
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

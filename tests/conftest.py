@@ -1,0 +1,36 @@
+"""Shared fixtures: small real data (generated CAPTCHAs) and a briefly trained model."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CI", "1")  # one log line per epoch from train.py
+
+
+@pytest.fixture(scope="session")
+def captcha_dir(tmp_path_factory) -> Path:
+    """64 default-style CAPTCHAs named by their labels."""
+    from generate import generate_captchas
+
+    folder = tmp_path_factory.mktemp("captchas")
+    generate_captchas(folder, 64, seed=123, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(captcha_dir, tmp_path_factory) -> Path:
+    """A model trained for a few steps by train.py itself: real files, real code path."""
+    import train
+
+    out = tmp_path_factory.mktemp("model")
+    code = train.main(["--data-dir", str(captcha_dir), "--epochs", "2", "--batch-size", "16",
+                       "--out", str(out), "--charset", train.DEFAULT_CHARSET])
+    assert code == 0
+    return out / "crnn_ctc_final.keras"

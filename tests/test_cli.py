@@ -1,0 +1,123 @@
+"""The command-line edge: every bad input gets one line on stderr and a non-zero exit."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and fragment in lines[0], result.stderr
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bad")
+    files = {"empty": folder / "AAAAA.png", "text": folder / "BBBBB.png",
+             "corrupt": folder / "CCCCC.png", "not_model": folder / "model.keras"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("hello, I am text")
+    files["corrupt"].write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    files["not_model"].write_text("not a zip")
+    files["not_model"].with_suffix(".json").write_text(json.dumps({"charset": "AB"}))
+    (folder / "empty_dir").mkdir()
+    files["empty_dir"] = folder / "empty_dir"
+    return files
+
+
+@pytest.mark.parametrize("kind", ["empty", "text", "corrupt"])
+def test_unreadable_image(tiny_model, bad_files, kind):
+    result = run("test.py", "--model", str(tiny_model), "--image", str(bad_files[kind]))
+    assert_one_line_error(result, str(bad_files[kind].name))
+
+
+def test_missing_image(tiny_model):
+    assert_one_line_error(run("test.py", "--model", str(tiny_model), "--image", "nope.png"),
+                          "image not found")
+
+
+def test_empty_and_missing_folder(tiny_model, bad_files):
+    assert_one_line_error(run("test.py", "--model", str(tiny_model), "--folder",
+                              str(bad_files["empty_dir"])), "no images")
+    assert_one_line_error(run("test.py", "--model", str(tiny_model), "--folder", "no_dir"),
+                          "folder not found")
+
+
+def test_missing_model_and_not_a_model(captcha_dir, bad_files):
+    image = str(sorted(captcha_dir.glob("*.png"))[0])
+    assert_one_line_error(run("test.py", "--model", "missing.keras", "--image", image),
+                          "model not found")
+    assert_one_line_error(run("test.py", "--model", str(bad_files["not_model"]), "--image", image),
+                          "not a loadable Keras model")
+
+
+def test_folder_skips_bad_files_and_writes_csv_and_json(tiny_model, captcha_dir, bad_files, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for src in sorted(captcha_dir.glob("*.png"))[:5]:
+        shutil.copy(src, folder / src.name)
+    shutil.copy(bad_files["corrupt"], folder / "CCCCC.png")
+    out_csv = tmp_path / "out.csv"
+    result = run("test.py", "--model", str(tiny_model), "--folder", str(folder), "--output",
+                 str(out_csv), "--batch_size", "2")
+    assert result.returncode == 0, result.stderr
+    assert "skipped" in result.stderr and "CCCCC.png" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    assert len(rows) == 5 and list(rows[0]) == ["path", "prediction", "confidence"]
+    assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+    summary = result.stdout.strip().splitlines()[-1]
+    assert summary.startswith("exact_match=") and "n=5" in summary and "skipped=1" in summary
+    out_json = tmp_path / "out.json"
+    result = run("test.py", "--model", str(tiny_model), "--folder", str(folder), "--limit", "3",
+                 "--output", str(out_json), "--min-confidence", "0.99", "--quiet")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out_json.read_text())
+    assert len(data) == 3 and all(set(d) == {"path", "prediction", "confidence", "rejected"}
+                                  for d in data)
+
+
+def test_single_image_with_debug_stages(tiny_model, captcha_dir, tmp_path):
+    image = sorted(captcha_dir.glob("*.png"))[0]
+    result = run("test.py", "--model", str(tiny_model), "--image", str(image), "--save_debug",
+                 str(tmp_path / "debug"), "--strong", "--force_invert")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "path,prediction,confidence" and lines[1].startswith(str(image))
+    assert len(list((tmp_path / "debug").glob("*.png"))) >= 3
+
+
+def test_train_rejects_missing_data_dir(tmp_path):
+    result = run("train.py", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path))
+    assert_one_line_error(result, "data folder not found")
+
+
+def test_train_skips_bad_files_and_says_how_many(captcha_dir, bad_files, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for src in sorted(captcha_dir.glob("*.png"))[:20]:
+        shutil.copy(src, folder / src.name)
+    shutil.copy(bad_files["text"], folder / "BBBBB.png")
+    (folder / "toolong1.png").write_bytes(b"")
+    result = run("train.py", "--data-dir", str(folder), "--epochs", "1", "--batch-size", "8",
+                 "--out", str(tmp_path / "out"), "--charset", "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                 "abcdefghijklmnopqrstuvwxyz0123456789", "--max-length", "5", "--min-length", "5")
+    assert result.returncode == 0, result.stderr
+    assert "skipped 1 (1 wrong length)" in result.stdout
+    assert "skipped 1 unreadable images" in result.stdout

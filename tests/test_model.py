@@ -1,0 +1,114 @@
+"""The model, its CTC loss and decoding, and a real train -> save -> reload -> predict run."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+
+import train
+from model import build_model, ctc_loss, decode_predictions, load_reader, predict_texts, time_steps
+from preprocess import LabelSpec, load_and_preprocess
+
+
+def test_build_checks_time_steps_against_label_length():
+    model = build_model(LabelSpec())
+    assert model.output_shape == (None, time_steps(LabelSpec()), 63)
+    with pytest.raises(ValueError, match="time steps"):
+        build_model(LabelSpec("0123456789", 1, 14))
+
+
+def test_ctc_loss_prefers_the_right_alignment():
+    spec = LabelSpec("ab", 1, 2)
+    steps = 25
+    good = np.full((1, steps, 3), 0.01, dtype=np.float32)
+    good[0, :, 0] = 0.98            # blank everywhere ...
+    good[0, 5] = [0.01, 0.98, 0.01]  # ... then "a"
+    good[0, 10] = [0.01, 0.01, 0.98]  # ... then "b"
+    label = spec.encode("ab")[None]
+    wrong = spec.encode("ba")[None]
+    loss_good = float(ctc_loss(label, good)[0])
+    assert loss_good < 1.0
+    assert float(ctc_loss(wrong, good)[0]) > loss_good + 5
+    short = LabelSpec("ab", 1, 3).encode("a")[None]  # padding is not counted as symbols
+    assert np.isfinite(float(ctc_loss(short, good)[0]))
+
+
+def test_greedy_decoding_collapses_repeats_and_reports_path_probability():
+    spec = LabelSpec("xy", 1, 3)
+    probs = np.zeros((1, 6, 3), dtype=np.float32)
+    path = [1, 1, 0, 1, 2, 0]  # "x x _ x y _" -> "xxy"
+    for t, k in enumerate(path):
+        probs[0, t] = 0.05
+        probs[0, t, k] = 0.9
+    texts, conf = decode_predictions(probs, spec)
+    assert texts == ["xxy"]
+    assert conf[0] == pytest.approx(0.9 ** 6, rel=1e-3)
+    beam_texts, beam_conf = decode_predictions(probs, spec, beam_width=4)
+    assert beam_texts == ["xxy"] and 0 < beam_conf[0] <= 1
+
+
+def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir):
+    # Plain keras loading, safe mode on: no Lambda layer, no custom code needed.
+    plain = keras.saving.load_model(tiny_model, safe_mode=True, compile=False)
+    with zipfile.ZipFile(tiny_model) as archive:
+        assert "Lambda" not in archive.read("config.json").decode()
+    model, spec = load_reader(tiny_model)
+    assert spec == LabelSpec()
+    images = np.stack([load_and_preprocess(p) for p in sorted(captcha_dir.glob("*.png"))[:8]])
+    np.testing.assert_allclose(plain.predict_on_batch(images), model.predict_on_batch(images),
+                               atol=1e-6)
+    texts, confidences = predict_texts(model, images, spec, batch_size=3)
+    assert len(texts) == 8 and all(0.0 <= c <= 1.0 for c in confidences)
+    assert all(set(t) <= set(spec.charset) and len(t) <= time_steps(spec) for t in texts)
+    metrics = json.loads(tiny_model.with_suffix(".metrics.json").read_text())
+    assert metrics["n"] >= 6 and 0.0 <= metrics["cer"] and metrics["train_images"] > 40
+    assert (tiny_model.parent / "crnn_ctc_best.keras").exists()
+    assert not list(tiny_model.parent.glob(".*partial*"))
+
+
+def test_training_lowers_the_loss(captcha_dir):
+    """A few steps on a tiny set must fit it better than the untrained model."""
+    spec = LabelSpec()
+    paths = sorted(captcha_dir.glob("*.png"))[:16]
+    x = np.stack([load_and_preprocess(p) for p in paths])
+    y = np.stack([spec.encode(p.stem.split("_")[0]) for p in paths])
+    keras.utils.set_random_seed(0)
+    model = build_model(spec)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ctc_loss)
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, epochs=15, batch_size=16, verbose=0)
+    assert model.evaluate(x, y, verbose=0) < 0.7 * before
+
+
+def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
+    args = ["--data-dir", str(captcha_dir), "--batch-size", "16", "--out", str(tmp_path),
+            "--charset", train.DEFAULT_CHARSET, "--patience", "50"]
+    state_root = tmp_path / ".resume"
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt  # as Ctrl-C right after the first epoch is saved
+
+    original = train.Checkpoints.on_epoch_end
+
+    def save_then_stop(self, epoch, logs=None):
+        original(self, epoch, logs)
+        Stop().on_epoch_end(epoch)
+
+    train.Checkpoints.on_epoch_end = save_then_stop
+    try:
+        assert train.cli(args + ["--epochs", "3"]) == 130
+    finally:
+        train.Checkpoints.on_epoch_end = original
+    assert list(state_root.glob("*/state.keras"))
+    assert not (tmp_path / "crnn_ctc_final.keras").exists()
+    capsys.readouterr()
+    assert train.main(args + ["--epochs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming after epoch 1" in out
+    assert (tmp_path / "crnn_ctc_final.keras").exists()
+    assert not list(state_root.glob("*/state.keras"))

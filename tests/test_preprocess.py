@@ -1,0 +1,156 @@
+"""Preprocessing of real images in many modes, label parsing and validation, splits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from preprocess import (DEFAULT_CHARSET, IMG_HEIGHT, IMG_WIDTH, ImageReadError, LabelSpec,
+                        infer_spec, label_from_path, load_and_preprocess, preprocess_image,
+                        preprocessed_cache, read_image, scan_labelled_folder, split_dataset)
+
+
+@pytest.fixture(scope="module")
+def rgb_captcha(captcha_dir) -> Image.Image:
+    return Image.open(sorted(captcha_dir.glob("*.png"))[0]).convert("RGB")
+
+
+def check_output(arr: np.ndarray) -> None:
+    assert arr.shape == (IMG_HEIGHT, IMG_WIDTH, 1)
+    assert arr.dtype == np.float32
+    assert 0.0 <= arr.min() < arr.max() <= 1.0
+
+
+@pytest.mark.parametrize("mode,suffix", [("RGB", ".png"), ("RGBA", ".png"), ("P", ".png"),
+                                         ("L", ".jpg"), ("RGB", ".bmp"), ("P", ".gif"),
+                                         ("RGB", ".webp"), ("RGB", ".jpeg")])
+def test_every_mode_and_format_gives_the_same_kind_of_input(rgb_captcha, tmp_path, mode, suffix):
+    path = tmp_path / f"abcde{suffix}"
+    rgb_captcha.convert(mode).save(path)
+    out = load_and_preprocess(path)
+    check_output(out)
+    reference = preprocess_image(rgb_captcha)
+    # Lossy formats and palettes change pixels a little, never the picture.
+    assert np.abs(out - reference).mean() < 0.12
+
+
+def test_sixteen_bit_grey_is_scaled_not_clipped(rgb_captcha, tmp_path):
+    grey8 = np.asarray(rgb_captcha.convert("L"), dtype=np.uint16)
+    path = tmp_path / "abcde.png"
+    Image.fromarray((grey8 * 257).astype(np.uint16)).save(path)  # a 16-bit greyscale PNG
+    assert Image.open(path).mode.startswith("I")
+    assert np.abs(read_image(path).astype(int) - grey8).max() <= 1
+
+
+def test_transparent_background_becomes_white(tmp_path):
+    rgba = np.zeros((70, 200, 4), dtype=np.uint8)
+    rgba[20:50, 40:160] = (0, 0, 0, 255)  # opaque black text block on transparent
+    path = tmp_path / "abcde.png"
+    Image.fromarray(rgba, "RGBA").save(path)
+    gray = read_image(path)
+    assert gray[0, 0] == 255 and gray[30, 100] == 0
+
+
+def test_dark_background_is_inverted_to_dark_text_on_light(rgb_captcha):
+    light = preprocess_image(rgb_captcha)
+    dark = preprocess_image(Image.fromarray(255 - np.asarray(rgb_captcha)))
+    assert light[0, 0, 0] > 0.5 and dark[0, 0, 0] > 0.5
+    assert np.abs(light - dark).mean() < 0.1
+
+
+def test_aspect_ratio_is_kept_and_padding_uses_background():
+    tall = np.full((100, 100), 230, dtype=np.uint8)
+    tall[30:70, 30:70] = 20
+    out = preprocess_image(tall)[..., 0]
+    # 100x100 scales to 50x50 centred: 75 columns of pure background on each side.
+    assert np.ptp(out[:, :70]) == 0 and np.ptp(out[:, -70:]) == 0
+    assert out[25, 100] < out[25, 10]
+
+
+def test_auto_crop_enlarges_small_text():
+    wide = np.full((144, 256), 240, dtype=np.uint8)
+    wide[60:84, 100:156] = 10
+    plain = (preprocess_image(wide)[..., 0] < 0.5).sum()
+    cropped = (preprocess_image(wide, auto_crop=True)[..., 0] < 0.5).sum()
+    assert cropped > 3 * plain
+
+
+@pytest.mark.parametrize("content", [b"", b"this is text, not an image", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_unreadable_files_raise_a_clear_error(tmp_path, content):
+    path = tmp_path / "abcde.png"
+    path.write_bytes(content)
+    with pytest.raises(ImageReadError, match="abcde.png"):
+        read_image(path)
+
+
+def test_missing_file_raises():
+    with pytest.raises(ImageReadError, match="not found"):
+        read_image("no/such/file.png")
+
+
+def test_label_parsing():
+    assert label_from_path("data/aB3xQ.png") == "aB3xQ"
+    assert label_from_path("aB3xQ_2.png") == "aB3xQ"
+    assert label_from_path("/x/y/0015_12.jpeg") == "0015"
+
+
+def test_spec_validation_and_round_trip(tmp_path):
+    spec = LabelSpec()
+    assert len(spec.charset) == 62 and spec.num_classes == 63
+    assert spec.label_problem("aB3xQ") is None
+    assert spec.label_problem("aB3x") == "wrong length"
+    assert spec.label_problem("aB3x!") == "unknown characters"
+    encoded = spec.encode("aB3xQ")
+    assert encoded.min() >= 1 and encoded.max() <= 62
+    assert spec.decode(list(encoded) + [0, -1]) == "aB3xQ"
+    spec.save(tmp_path / "m.json")
+    assert LabelSpec.load(tmp_path / "m.json") == spec
+    with pytest.raises(ValueError):
+        LabelSpec(charset="AAB")
+
+
+def test_variable_length_labels_are_padded():
+    spec = LabelSpec("0123456789", 3, 6)
+    assert list(spec.encode("042")) == [1, 5, 3, 0, 0, 0]
+    assert spec.decode(spec.encode("042")) == "042"
+
+
+def test_infer_spec_orders_symbols_and_lengths():
+    spec = infer_spec(["B1a", "zz9Q", "Q"])
+    assert spec.charset == "BQaz19"
+    assert (spec.min_length, spec.max_length) == (1, 4)
+
+
+def test_scan_reports_what_it_skips(captcha_dir, tmp_path):
+    for src in sorted(captcha_dir.glob("*.png"))[:5]:
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    (tmp_path / "abc.png").write_bytes(b"x")      # wrong length
+    (tmp_path / "ab!cd.png").write_bytes(b"x")    # unknown characters
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+    scan = scan_labelled_folder(tmp_path, LabelSpec())
+    assert len(scan.paths) == 5
+    assert scan.skipped == {"wrong length": 1, "unknown characters": 1}
+    assert "skipped 2" in scan.summary()
+
+
+def test_cache_matches_the_function_and_flags_unreadable_files(captcha_dir, tmp_path):
+    paths = sorted(captcha_dir.glob("*.png"))[:6]
+    bad = tmp_path / "zzzzz.png"
+    bad.write_bytes(b"broken")
+    images, ok = preprocessed_cache(paths + [bad], tmp_path / "cache", workers=2)
+    assert ok.tolist() == [True] * 6 + [False]
+    direct = np.round(load_and_preprocess(paths[0])[..., 0] * 255)
+    assert np.array_equal(images[0], direct.astype(np.uint8))
+    again, _ = preprocessed_cache(paths + [bad], tmp_path / "cache")  # reused, not rebuilt
+    assert np.array_equal(np.asarray(again), np.asarray(images))
+
+
+def test_split_is_seeded_and_disjoint():
+    a = split_dataset(100, seed=7)
+    b = split_dataset(100, seed=7)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    train, val, test = a
+    assert len(set(train) | set(val) | set(test)) == 100
+    assert (len(val), len(test)) == (10, 10)
+    assert DEFAULT_CHARSET.startswith("ABC")
