@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance: insertions, deletions and substitutions, each costing 1."""
@@ -45,3 +47,29 @@ def confusion_pairs(predictions: list[str], truths: list[str]) -> Counter:
         if len(p) == len(t):
             pairs.update((a, b) for a, b in zip(t, p) if a != b)
     return pairs
+
+
+def calibration_report(confidences: list[float], correct: list[bool], bins: int = 10) -> dict:
+    """Reliability of the confidence as a probability of a right answer.
+
+    Returns the expected calibration error (the sample-weighted gap between mean confidence
+    and accuracy over equal-width bins), the table behind it, and the accuracy kept when
+    only the most confident 90% of answers are accepted.
+    """
+    conf = np.asarray(confidences, dtype=float)
+    hit = np.asarray(correct, dtype=float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1]), 0, bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            gap = abs(conf[mask].mean() - hit[mask].mean())
+            ece += gap * mask.mean()
+            table.append((edges[b], edges[b + 1], int(mask.sum()), float(conf[mask].mean()),
+                          float(hit[mask].mean())))
+    order = np.argsort(-conf, kind="stable")
+    keep = order[: max(1, int(round(0.9 * len(conf))))]
+    return {"ece": float(ece), "table": table, "accuracy_at_90_coverage": float(hit[keep].mean()),
+            "accuracy_at_100_coverage": float(hit.mean()),
+            "threshold_at_90_coverage": float(conf[keep].min())}

@@ -40,7 +40,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 with stderr_kept_unless_failing():
     import keras
     import numpy as np
-    import tensorflow  # noqa: F401  (imported here so its start-up log is held back)
     from keras import layers, ops
 
 from preprocess import LabelSpec, spec_path_for

@@ -30,7 +30,7 @@ import tensorflow as tf  # noqa: E402
 
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from preprocess import (DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH, LabelSpec, infer_spec,  # noqa: E402
+from preprocess import (DEFAULT_CHARSET, LabelSpec, infer_spec,  # noqa: E402
                         preprocessed_cache, scan_labelled_folder, split_dataset)
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
@@ -71,38 +71,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def resolve_data(args: argparse.Namespace) -> tuple[Path, LabelSpec | None]:
-    """The data folder, and the spec fixed by the command line (None: infer from labels)."""
+def resolve_data(args: argparse.Namespace) -> Path:
+    """The data folder: --data-dir, or the synthetic default set (made on first use)."""
     if args.data_dir:
         data_dir = Path(args.data_dir)
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data folder not found: {data_dir}")
-        fixed = None
-    else:
-        data_dir = DEFAULT_SYNTHETIC_DIR
-        generate_captchas(data_dir, args.synthetic_count, seed=0)
-        fixed = LabelSpec()
-    if args.charset or args.min_length or args.max_length:
-        base = fixed or LabelSpec()
-        fixed = LabelSpec(args.charset or base.charset,
-                          args.min_length or base.min_length,
-                          args.max_length or base.max_length)
-    return data_dir, fixed
+        return data_dir
+    generate_captchas(DEFAULT_SYNTHETIC_DIR, args.synthetic_count, seed=0)
+    return DEFAULT_SYNTHETIC_DIR
 
 
-def choose_spec(labels: list[str], fixed: LabelSpec | None, init_spec: LabelSpec | None,
-                auto_crop: bool) -> LabelSpec:
-    """Fixed by flags, else the pretrained model's if the labels fit it, else inferred."""
-    if fixed is not None:
-        spec = fixed
+def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpec | None) -> LabelSpec:
+    """Flags first; then the default spec for synthetic data, the pretrained model's spec
+    if every label fits it, or the charset and lengths found in the labels."""
+    if not args.data_dir:
+        base = LabelSpec()
     elif init_spec is not None and all(init_spec.label_problem(s) is None for s in labels):
-        spec = init_spec
+        base = init_spec
     else:
-        spec = infer_spec(labels)
-        if init_spec is not None:  # keep the pretrained length range where it covers the data
-            spec = LabelSpec(spec.charset, min(spec.min_length, init_spec.min_length),
-                             max(spec.max_length, init_spec.max_length))
-    return LabelSpec(spec.charset, spec.min_length, spec.max_length, auto_crop=auto_crop)
+        base = infer_spec(labels)
+    return LabelSpec(args.charset or base.charset, args.min_length or base.min_length,
+                     args.max_length or base.max_length, auto_crop=args.auto_crop)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -226,14 +216,18 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     init_model, init_spec = (load_reader(args.init_from) if args.init_from else (None, None))
-    data_dir, fixed = resolve_data(args)
-    scan = scan_labelled_folder(data_dir, fixed)
+    data_dir = resolve_data(args)
+    found = scan_labelled_folder(data_dir, None)
+    if not found.labels:
+        raise ValueError(f"{data_dir}: no labelled images ({found.summary()})")
+    spec = choose_spec(found.labels[: args.limit], args, init_spec)
+    scan = scan_labelled_folder(data_dir, spec)
     paths, labels = scan.paths[: args.limit], scan.labels[: args.limit]
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
-    spec = choose_spec(labels, fixed, init_spec, args.auto_crop)
     print(f"data: {data_dir}: {scan.summary()}; using {len(paths)}")
-    print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}")
+    print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
+          + ("  (from the labels)" if args.data_dir and not args.charset else ""))
 
     images, ok = preprocessed_cache(paths, data_dir / ".cache", spec.auto_crop)
     if not ok.all():

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generate import generate_captchas  # noqa: E402
-from metrics import confusion_pairs, score  # noqa: E402
+from metrics import calibration_report, confusion_pairs, score  # noqa: E402
 from model import load_reader, predict_texts  # noqa: E402
 from preprocess import load_and_preprocess, scan_labelled_folder  # noqa: E402
 
@@ -58,7 +58,7 @@ def main() -> int:
         folder = Path(args.folder) if args.folder else Path(tmp)
         if not args.folder:
             generate_captchas(folder, args.count, seed=args.seed)
-        predictions, truths, _ = read_folder(model, spec, folder, args.batch_size, args.beam_width)
+        predictions, truths, confidences = read_folder(model, spec, folder, args.batch_size, args.beam_width)
     results = score(predictions, truths)
     pairs = confusion_pairs(predictions, truths)
     source = args.folder or f"generated default style, {args.count} images, seed {args.seed}"
@@ -70,6 +70,14 @@ def main() -> int:
     print("top confusions (true -> predicted: count):")
     for (t, p), n in pairs.most_common(args.top):
         print(f"  {t} -> {p}: {n}")
+    calib = calibration_report(confidences, [p == t for p, t in zip(predictions, truths)])
+    print(f"confidence: ECE={calib['ece']:.4f}; accuracy at 100% coverage "
+          f"{calib['accuracy_at_100_coverage']:.4f}, at 90% coverage "
+          f"{calib['accuracy_at_90_coverage']:.4f} (--min-confidence {calib['threshold_at_90_coverage']:.3f})")
+    print("reliability (confidence bin: n, mean confidence, accuracy):")
+    for lo, hi, n, mean_conf, acc in calib["table"]:
+        print(f"  {lo:.1f}-{hi:.1f}: {n:5d}  {mean_conf:.3f}  {acc:.3f}")
+    results["calibration"] = {k: v for k, v in calib.items() if k != "table"}
     if args.json:
         results["confusions"] = {f"{t}->{p}": n for (t, p), n in pairs.most_common()}
         Path(args.json).write_text(json.dumps(results, indent=2))

@@ -112,3 +112,19 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
     assert "resuming after epoch 1" in out
     assert (tmp_path / "crnn_ctc_final.keras").exists()
     assert not list(state_root.glob("*/state.keras"))
+
+
+def test_calibration_maps_path_probability_to_answer_accuracy():
+    from metrics import calibration_report
+    from model import calibrated, fit_calibration
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.05, 1.0, 4000)
+    correct = rng.uniform(size=raw.size) < raw ** 2  # raw probability is over-confident
+    params = fit_calibration(raw, correct)
+    spec = LabelSpec(calibration=params)
+    fixed = calibrated(raw, spec)
+    assert calibration_report(fixed, correct)["ece"] < calibration_report(raw, correct)["ece"] / 2
+    assert np.all((fixed >= 0) & (fixed <= 1))
+    assert fit_calibration(raw, np.ones(raw.size, bool)) is None
+    np.testing.assert_allclose(calibrated(raw, LabelSpec()), raw)

@@ -1,0 +1,77 @@
+"""Our reader against ddddocr on the same held-out images: exact match, CER, ms per image.
+
+ddddocr is a peer, not a requirement: install it for this benchmark only
+(`pip install ddddocr==1.6.1`). Both read the same files one at a time from disk, as a
+QA script would; our model is also timed in batches of 64, how test.py --folder reads.
+
+    python bench/peers.py                                  # fresh default-style set, 1,000 images
+    python bench/peers.py --folder HELD_OUT_DIR --model saved_model/multicolorcaptcha.keras
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from generate import generate_captchas  # noqa: E402
+from metrics import score  # noqa: E402
+from model import load_reader, predict_texts  # noqa: E402
+from preprocess import load_and_preprocess, scan_labelled_folder  # noqa: E402
+
+
+def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
+    import ddddocr
+
+    ocr = ddddocr.DdddOcr(show_ad=False)
+    ocr.classification(paths[0].read_bytes())  # warm-up
+    start = time.perf_counter()
+    texts = [ocr.classification(p.read_bytes()) for p in paths]
+    return texts, (time.perf_counter() - start) * 1000 / len(paths)
+
+
+def read_with_ours(model, spec, paths: list[Path], batch_size: int) -> tuple[list[str], float]:
+    predict_texts(model, load_and_preprocess(paths[0], spec.auto_crop)[None], spec)  # warm-up
+    start = time.perf_counter()
+    texts: list[str] = []
+    for i in range(0, len(paths), batch_size):
+        batch = np.stack([load_and_preprocess(p, spec.auto_crop) for p in paths[i:i + batch_size]])
+        texts += predict_texts(model, batch, spec, batch_size)[0]
+    return texts, (time.perf_counter() - start) * 1000 / len(paths)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(ROOT / "saved_model" / "crnn_ctc_final.keras"))
+    parser.add_argument("--folder", help="labelled held-out folder (default: generate one)")
+    parser.add_argument("--count", type=int, default=1000, help="images to generate")
+    parser.add_argument("--seed", type=int, default=4242, help="label seed of the generated set")
+    args = parser.parse_args()
+
+    model, spec = load_reader(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(args.folder) if args.folder else Path(tmp)
+        if not args.folder:
+            generate_captchas(folder, args.count, seed=args.seed, progress=False)
+        scan = scan_labelled_folder(folder, spec)
+        rows = [("ddddocr 1.6.1", *read_with_ddddocr(scan.paths)),
+                ("ours, one at a time", *read_with_ours(model, spec, scan.paths, 1)),
+                ("ours, batches of 64", *read_with_ours(model, spec, scan.paths, 64))]
+    print(f"data: {args.folder or f'generated default style, seed {args.seed}'}, n={len(scan.labels)}")
+    print(f"{'reader':<22} {'exact':>7} {'exact_ci':>9} {'CER':>7} {'ms/img':>7}")
+    for name, texts, ms in rows:
+        s = score(texts, scan.labels)
+        print(f"{name:<22} {s['exact_match']:>7.4f} {s['exact_match_ci']:>9.4f} {s['cer']:>7.4f} {ms:>7.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
