@@ -35,6 +35,7 @@ from preprocess import (DEFAULT_CHARSET, LabelSpec, infer_spec,  # noqa: E402
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
 DEFAULT_SYNTHETIC_COUNT = 40000
+SMALL_DATA = 2000
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -44,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--synthetic-count", type=int, default=DEFAULT_SYNTHETIC_COUNT,
                    help="how many synthetic images to make when --data-dir is omitted")
     p.add_argument("--epochs", type=int, default=30, help="maximum passes over the training split")
-    p.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    p.add_argument("--batch-size", type=int, help="images per training step (default 64; 16 when "
+                   f"fewer than {SMALL_DATA} images train, for enough steps per epoch)")
     p.add_argument("--limit", type=int, help="use only the first N labelled images (quick runs)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3, 3e-4 with --init-from)")
     p.add_argument("--out", default="saved_model", help="folder for checkpoints and metrics")
@@ -66,7 +68,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--patience", type=int, default=6, help="epochs without validation "
                    "improvement before stopping (the learning rate drops after half of them)")
     args = p.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or (args.limit is not None and args.limit < 3):
+    if args.epochs < 1 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
         p.error("--epochs and --batch-size must be positive, --limit at least 3")
     return args
 
@@ -238,7 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"label indices out of range 0..{spec.num_classes - 1}")
     train_i, val_i, test_i = (usable[i] for i in split_dataset(
         len(usable), args.val_fraction, args.test_fraction, args.seed))
-    print(f"split: {len(train_i)} train, {len(val_i)} validation, {len(test_i)} test")
+    batch_size = args.batch_size or (64 if len(train_i) >= SMALL_DATA else 16)
+    print(f"split: {len(train_i)} train, {len(val_i)} validation, {len(test_i)} test; "
+          f"batch size {batch_size}")
 
     lr = args.lr or (3e-4 if init_model is not None else 1e-3)
     state_dir = out_dir / ".resume" / run_fingerprint(args)
@@ -259,22 +263,24 @@ def main(argv: list[str] | None = None) -> int:
             model = replace_output_layer(init_model, init_spec, spec)
         model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
 
-    train_ds = make_dataset(images, encoded, train_i, args.batch_size, True, not args.no_augment, args.seed)
-    val_ds = make_dataset(images, encoded, val_i, args.batch_size, False, False, args.seed)
-    steps_per_epoch = int(np.ceil(len(train_i) / args.batch_size))
+    train_ds = make_dataset(images, encoded, train_i, batch_size, True, not args.no_augment, args.seed)
+    val_ds = make_dataset(images, encoded, val_i, batch_size, False, False, args.seed)
+    steps_per_epoch = int(np.ceil(len(train_i) / batch_size))
     callbacks = [
-        Warmup(lr, min(steps_per_epoch, 500)) if initial_epoch == 0 else keras.callbacks.Callback(),
         keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, args.patience // 2),
                                           min_lr=lr / 100, verbose=1),
         keras.callbacks.EarlyStopping(patience=args.patience),
         Checkpoints(spec, best_path, state_dir, best),
     ]
+    if initial_epoch == 0:
+        callbacks.insert(0, Warmup(lr, min(steps_per_epoch, 500)))
     start = time.time()
     epochs_run = initial_epoch
     if initial_epoch < args.epochs:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs, initial_epoch=initial_epoch,
-                  callbacks=callbacks, shuffle=False,  # the dataset shuffles itself
-                  verbose=2 if os.environ.get("CI") else 1)
+        history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
+                            initial_epoch=initial_epoch, callbacks=callbacks,
+                            shuffle=False,  # the dataset shuffles itself
+                            verbose=2 if os.environ.get("CI") else 1)
         epochs_run += len(history.epoch)
     minutes = (time.time() - start) / 60
 
@@ -285,8 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         val_conf, [t == labels[i] for t, i in zip(val_texts, val_i)]))
     save_reader(model, spec, final_path)
     results = score(read_cached(model, spec, images, test_i)[0], [labels[i] for i in test_i])
+    command = " ".join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)])
     results.update(train_images=len(train_i), epochs_run=epochs_run, train_minutes=round(minutes, 1),
-                   data_dir=str(data_dir), command=" ".join(["python", "train.py", *sys.argv[1:]]))
+                   data_dir=str(data_dir), command=command)
     metrics_path = final_path.with_suffix(".metrics.json")
     metrics_path.write_text(json.dumps(results, indent=2))
     if results["n"]:

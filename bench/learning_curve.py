@@ -35,7 +35,7 @@ HELD_OUT_FRACTION = 0.2
 # The settings for each mode, as a user would type them (see README, "Fine-tuning").
 MODE_FLAGS = {
     "scratch": ["--epochs", "150", "--patience", "20"],
-    "finetune": ["--epochs", "100", "--patience", "15", "--batch-size", "16", "--lr", "1e-3"],
+    "finetune": ["--epochs", "100", "--patience", "10"],
 }
 
 
@@ -83,6 +83,8 @@ def main() -> int:
     parser.add_argument("--modes", nargs="+", default=["scratch", "finetune"], choices=list(MODE_FLAGS))
     parser.add_argument("--auto-crop", action="store_true", help="pass --auto-crop to train.py")
     parser.add_argument("--base-model", default=str(BASE_MODEL), help="model to fine-tune from")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the other results already in the output JSON")
     parser.add_argument("--out", default=str(ROOT / "docs" / "learning_curves"),
                         help="prefix for the .json/.md/.png outputs")
     args = parser.parse_args()
@@ -103,7 +105,13 @@ def main() -> int:
                     results.append(run_one(set_dir, pool, held_out, n, mode,
                                            extra + ["--charset", charset], Path(tmp),
                                            Path(args.base_model)))
-    Path(args.out + ".json").write_text(json.dumps(results, indent=2))
+    previous = Path(args.out + ".json")
+    if args.append and previous.exists():
+        done = {(r["set"], r["size"], r["mode"]) for r in results}
+        results = [r for r in json.loads(previous.read_text())
+                   if (r["set"], r["size"], r["mode"]) not in done] + results
+    results.sort(key=lambda r: (r["set"], r["size"], r["mode"]))
+    previous.write_text(json.dumps(results, indent=2))
     write_table(results, Path(args.out + ".md"))
     plot(results, Path(args.out + ".png"))
     return 0

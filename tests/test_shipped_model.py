@@ -1,0 +1,47 @@
+"""The model that ships still reads what saved_model/README.md says it reads."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from metrics import score
+from model import load_reader, predict_texts
+from preprocess import LabelSpec, label_from_path, list_images, load_and_preprocess
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "saved_model" / "crnn_ctc_final.keras"
+SAMPLE = ROOT / "tests" / "data" / "sample200"
+MARGIN = 0.03  # the sample is 200 images: one image is 0.005
+
+
+def recorded(name: str) -> float:
+    """A figure recorded in saved_model/README.md as `name: value`."""
+    text = (ROOT / "saved_model" / "README.md").read_text()
+    match = re.search(rf"{re.escape(name)}:\s*([0-9.]+)", text)
+    assert match, f"{name} not recorded in saved_model/README.md"
+    return float(match.group(1))
+
+
+def test_shipped_model_is_small_and_loads_in_safe_mode():
+    assert SHIPPED.stat().st_size < 5 * 1024 * 1024
+    model = keras.saving.load_model(SHIPPED, safe_mode=True)
+    assert model.output_shape[-1] == LabelSpec().num_classes
+
+
+def test_shipped_model_reads_the_fixed_sample():
+    model, spec = load_reader(SHIPPED)
+    paths = list_images(SAMPLE)
+    assert len(paths) == 200
+    images = np.stack([load_and_preprocess(p) for p in paths])
+    predictions, confidences = predict_texts(model, images, spec)
+    result = score(predictions, [label_from_path(p) for p in paths])
+    assert result["exact_match"] >= recorded("sample200 exact match") - MARGIN
+    assert result["cer"] <= recorded("sample200 CER") + MARGIN / 3
+    right = np.array([p == label_from_path(q) for p, q in zip(predictions, paths)])
+    # Confident answers are right more often than unsure ones.
+    conf = np.array(confidences)
+    assert right[conf >= np.median(conf)].mean() > right[conf < np.median(conf)].mean()
