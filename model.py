@@ -151,9 +151,16 @@ class ModelLoadError(ValueError):
 
 
 def save_reader(model: keras.Model, spec: LabelSpec, path: str | Path) -> None:
-    """Save model and spec atomically: each goes to a temp file, then is renamed."""
+    """Save model and spec atomically: each goes to a temp file, then is renamed.
+
+    Only the inference model is saved, never optimizer state, which would triple the file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if getattr(model, "optimizer", None) is not None:
+        trained = model
+        model = keras.models.clone_model(trained)
+        model.set_weights(trained.get_weights())
     spec.save(spec_path_for(path))
     tmp = path.with_name(f".{path.stem}.partial.keras")
     model.save(tmp)

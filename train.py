@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def resolve_data(args: argparse.Namespace) -> Path:
         return data_dir
     generate_captchas(DEFAULT_SYNTHETIC_DIR, args.synthetic_count, seed=0)
     return DEFAULT_SYNTHETIC_DIR
+
+
+def cache_dir_for(data_dir: Path) -> Path:
+    """`DATA_DIR/.cache`, or a folder in the temp dir when the data folder is read-only."""
+    if os.access(data_dir, os.W_OK):
+        return data_dir / ".cache"
+    return Path(tempfile.gettempdir()) / "captcha-crnn-cache"
 
 
 def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpec | None) -> LabelSpec:
@@ -231,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
           + ("  (from the labels)" if args.data_dir and not args.charset else ""))
 
-    images, ok = preprocessed_cache(paths, data_dir / ".cache", spec.auto_crop)
+    images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec.auto_crop)
     if not ok.all():
         print(f"skipped {int((~ok).sum())} unreadable images")
     usable = np.flatnonzero(ok)

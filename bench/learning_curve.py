@@ -84,7 +84,7 @@ def main() -> int:
     parser.add_argument("--auto-crop", action="store_true", help="pass --auto-crop to train.py")
     parser.add_argument("--base-model", default=str(BASE_MODEL), help="model to fine-tune from")
     parser.add_argument("--append", action="store_true",
-                        help="keep the other results already in the output JSON")
+                        help="keep the results already in the output JSON (resume or extend)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "learning_curves"),
                         help="prefix for the .json/.md/.png outputs")
     args = parser.parse_args()
@@ -92,7 +92,8 @@ def main() -> int:
     sets = [REALDATA / s for s in args.sets] if args.sets else sorted(
         d for d in REALDATA.iterdir() if (d / "SOURCE.md").exists())
     extra = ["--auto-crop"] if args.auto_crop else []
-    results = []
+    output = Path(args.out + ".json")
+    results = json.loads(output.read_text()) if args.append and output.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
         for set_dir in sets:
             pool, held = split_set(set_dir)
@@ -102,17 +103,13 @@ def main() -> int:
             for size in args.sizes:
                 n = len(pool) if size == "all" else int(size)
                 for mode in args.modes:
-                    results.append(run_one(set_dir, pool, held_out, n, mode,
-                                           extra + ["--charset", charset], Path(tmp),
-                                           Path(args.base_model)))
-    previous = Path(args.out + ".json")
-    if args.append and previous.exists():
-        done = {(r["set"], r["size"], r["mode"]) for r in results}
-        results = [r for r in json.loads(previous.read_text())
-                   if (r["set"], r["size"], r["mode"]) not in done] + results
-    results.sort(key=lambda r: (r["set"], r["size"], r["mode"]))
-    previous.write_text(json.dumps(results, indent=2))
-    write_table(results, Path(args.out + ".md"))
+                    row = run_one(set_dir, pool, held_out, n, mode, extra + ["--charset", charset],
+                                  Path(tmp), Path(args.base_model))
+                    key = (row["set"], row["size"], row["mode"])
+                    results = [r for r in results if (r["set"], r["size"], r["mode"]) != key] + [row]
+                    results.sort(key=lambda r: (r["set"], r["size"], r["mode"]))
+                    output.write_text(json.dumps(results, indent=2))  # saved after every run
+                    write_table(results, Path(args.out + ".md"))
     plot(results, Path(args.out + ".png"))
     return 0
 
