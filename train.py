@@ -37,6 +37,7 @@ from preprocess import (DEFAULT_CHARSET, LabelSpec, infer_spec,  # noqa: E402
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
 DEFAULT_SYNTHETIC_COUNT = 40000
 SMALL_DATA = 2000
+MIN_STEPS_PER_EPOCH = 50  # tiny sets repeat within an epoch, so patience counts real progress
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -151,6 +152,8 @@ def make_dataset(images: np.ndarray, labels: np.ndarray, indices: np.ndarray, ba
         return x, y
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    if training:
+        ds = ds.repeat()
     if training and augment_images:
         counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
         ds = tf.data.Dataset.zip((ds, counter)).map(
@@ -273,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     train_ds = make_dataset(images, encoded, train_i, batch_size, True, not args.no_augment, args.seed)
     val_ds = make_dataset(images, encoded, val_i, batch_size, False, False, args.seed)
-    steps_per_epoch = int(np.ceil(len(train_i) / batch_size))
+    steps_per_epoch = max(MIN_STEPS_PER_EPOCH, int(np.ceil(len(train_i) / batch_size)))
     callbacks = [
         keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, args.patience // 2),
                                           min_lr=lr / 100, verbose=1),
@@ -286,7 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     epochs_run = initial_epoch
     if initial_epoch < args.epochs:
         history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
-                            initial_epoch=initial_epoch, callbacks=callbacks,
+                            initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                            callbacks=callbacks,
                             shuffle=False,  # the dataset shuffles itself
                             verbose=2 if os.environ.get("CI") else 1)
         epochs_run += len(history.epoch)
