@@ -42,7 +42,7 @@ with stderr_kept_unless_failing():
     import numpy as np
     from keras import layers, ops
 
-from preprocess import LabelSpec, spec_path_for
+from preprocess import LabelSpec, load_and_preprocess, spec_path_for
 
 CONV_FILTERS = (16, 32, 96, 128)
 RNN_UNITS = 128
@@ -227,4 +227,21 @@ def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec,
         batch_texts, path_probs = decode_predictions(probs, spec, beam_width)
         texts += batch_texts
         confidences += calibrated(path_probs, spec).tolist()
+    return texts, confidences
+
+
+def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
+               beam_width: int = 1) -> tuple[list[str], list[float]]:
+    """Read image files in batches: load, preprocess, predict, decode.
+
+    Raises ImageReadError on an unreadable file; test.py skips those one by one instead.
+    """
+    texts: list[str] = []
+    confidences: list[float] = []
+    for start in range(0, len(paths), batch_size):
+        batch = np.stack([load_and_preprocess(p, spec.auto_crop)
+                          for p in paths[start:start + batch_size]])
+        batch_texts, batch_conf = predict_texts(model, batch, spec, batch_size, beam_width)
+        texts += batch_texts
+        confidences += batch_conf
     return texts, confidences

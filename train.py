@@ -31,7 +31,7 @@ import tensorflow as tf  # noqa: E402
 
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from preprocess import (DEFAULT_CHARSET, LabelSpec, infer_spec,  # noqa: E402
+from preprocess import (LabelSpec, infer_spec,  # noqa: E402
                         preprocessed_cache, scan_labelled_folder, split_dataset)
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")

@@ -15,28 +15,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generate import generate_captchas  # noqa: E402
 from metrics import calibration_report, confusion_pairs, score  # noqa: E402
-from model import load_reader, predict_texts  # noqa: E402
-from preprocess import load_and_preprocess, scan_labelled_folder  # noqa: E402
+from model import load_reader, read_files  # noqa: E402
+from preprocess import scan_labelled_folder  # noqa: E402
 
 
 def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1):
     """(predictions, truths, confidences) for every valid labelled image in `folder`."""
     scan = scan_labelled_folder(folder, spec)
-    predictions, confidences = [], []
-    for start in tqdm(range(0, len(scan.paths), batch_size), desc="read", unit="batch"):
-        batch = np.stack([load_and_preprocess(p, spec.auto_crop)
-                          for p in scan.paths[start:start + batch_size]])
-        texts, conf = predict_texts(model, batch, spec, batch_size, beam_width)
-        predictions += texts
-        confidences += conf
+    predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width)
     return predictions, scan.labels, confidences
 
 

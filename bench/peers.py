@@ -16,15 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from model import load_reader, predict_texts  # noqa: E402
-from preprocess import load_and_preprocess, scan_labelled_folder  # noqa: E402
+from model import load_reader, read_files  # noqa: E402
+from preprocess import scan_labelled_folder  # noqa: E402
 
 
 def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
@@ -38,12 +36,9 @@ def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
 
 
 def read_with_ours(model, spec, paths: list[Path], batch_size: int) -> tuple[list[str], float]:
-    predict_texts(model, load_and_preprocess(paths[0], spec.auto_crop)[None], spec)  # warm-up
+    read_files(model, spec, paths[:1])  # warm-up
     start = time.perf_counter()
-    texts: list[str] = []
-    for i in range(0, len(paths), batch_size):
-        batch = np.stack([load_and_preprocess(p, spec.auto_crop) for p in paths[i:i + batch_size]])
-        texts += predict_texts(model, batch, spec, batch_size)[0]
+    texts, _ = read_files(model, spec, paths, batch_size)
     return texts, (time.perf_counter() - start) * 1000 / len(paths)
 
 

@@ -9,14 +9,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model import load_reader, predict_texts  # noqa: E402
-from preprocess import label_from_path, list_images, load_and_preprocess  # noqa: E402
+from model import load_reader, read_files  # noqa: E402
+from preprocess import label_from_path, list_images  # noqa: E402
 
 
 def main() -> int:
@@ -29,7 +28,7 @@ def main() -> int:
 
     model, spec = load_reader(args.model)
     paths = list_images(args.samples)
-    texts, confidences = predict_texts(model, np.stack([load_and_preprocess(p) for p in paths]), spec)
+    texts, confidences = read_files(model, spec, paths)
     cell_w, cell_h, cols = 220, 100, 4
     rows = (len(paths) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")

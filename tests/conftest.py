@@ -28,9 +28,10 @@ def captcha_dir(tmp_path_factory) -> Path:
 def tiny_model(captcha_dir, tmp_path_factory) -> Path:
     """A model trained for a few steps by train.py itself: real files, real code path."""
     import train
+    from preprocess import DEFAULT_CHARSET
 
     out = tmp_path_factory.mktemp("model")
     code = train.main(["--data-dir", str(captcha_dir), "--epochs", "2", "--batch-size", "16",
-                       "--out", str(out), "--charset", train.DEFAULT_CHARSET])
+                       "--out", str(out), "--charset", DEFAULT_CHARSET])
     assert code == 0
     return out / "crnn_ctc_final.keras"

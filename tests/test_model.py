@@ -11,7 +11,7 @@ import pytest
 
 import train
 from model import build_model, ctc_loss, decode_predictions, load_reader, predict_texts, time_steps
-from preprocess import LabelSpec, load_and_preprocess
+from preprocess import DEFAULT_CHARSET, LabelSpec, load_and_preprocess
 
 
 def test_build_checks_time_steps_against_label_length():
@@ -86,7 +86,7 @@ def test_training_lowers_the_loss(captcha_dir):
 
 def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
     args = ["--data-dir", str(captcha_dir), "--batch-size", "16", "--out", str(tmp_path),
-            "--charset", train.DEFAULT_CHARSET, "--patience", "50"]
+            "--charset", DEFAULT_CHARSET, "--patience", "50"]
     state_root = tmp_path / ".resume"
 
     class Stop(keras.callbacks.Callback):
