@@ -13,7 +13,7 @@ import os
 import string
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -60,10 +60,6 @@ class LabelSpec:
             object.__setattr__(self, "calibration", tuple(float(v) for v in self.calibration))
         if not 1 <= self.min_length <= self.max_length:
             raise ValueError(f"invalid label lengths {self.min_length}..{self.max_length}")
-
-    def with_options(self, **changes) -> "LabelSpec":
-        """A copy with some fields changed."""
-        return replace(self, **changes)
 
     @property
     def num_classes(self) -> int:
@@ -248,19 +244,31 @@ class Dataset:
             parts.append(f"skipped {sum(self.skipped.values())} ({why})")
         return "; ".join(parts)
 
+    def filtered(self, spec: LabelSpec) -> "Dataset":
+        """Only the labels `spec` can read; the others are counted by reason."""
+        paths, labels, skipped = [], [], Counter(self.skipped)
+        for path, label in zip(self.paths, self.labels):
+            problem = spec.label_problem(label)
+            if problem:
+                skipped[problem] += 1
+            else:
+                paths.append(path)
+                labels.append(label)
+        return Dataset(paths, labels, skipped)
+
 
 def scan_labelled_folder(folder: str | Path, spec: LabelSpec | None) -> Dataset:
     """Find images whose file name is a label; with a spec, keep only valid labels."""
     paths, labels, skipped = [], [], Counter()
     for path in list_images(folder):
         label = label_from_path(path)
-        problem = spec.label_problem(label) if spec else (None if label else "empty label")
-        if problem:
-            skipped[problem] += 1
-            continue
-        paths.append(path)
-        labels.append(label)
-    return Dataset(paths, labels, skipped)
+        if label:
+            paths.append(path)
+            labels.append(label)
+        else:
+            skipped["empty label"] += 1
+    found = Dataset(paths, labels, skipped)
+    return found.filtered(spec) if spec else found
 
 
 def infer_spec(labels: list[str], auto_crop: bool = False) -> LabelSpec:

@@ -5,8 +5,9 @@
     python test.py --folder my_captchas --limit 100 --output results.json --min-confidence 0.5
 
 Prints `path,prediction,confidence` per image (CSV, so it pipes). The confidence is the
-probability of the decoded path, a number in [0, 1]. When file names are labels, a final
-line gives `exact_match=... cer=... n=...`. Unreadable files are reported and skipped.
+probability, calibrated at the end of training, that the whole answer is right. When file
+names are labels, a final line gives `exact_match=... cer=... n=...`. Unreadable files are
+reported and skipped.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from model import (ModelLoadError, build_model, ctc_loss, fit_calibration, load_reader,  # noqa: I001
@@ -234,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     if not found.labels:
         raise ValueError(f"{data_dir}: no labelled images ({found.summary()})")
     spec = choose_spec(found.labels[: args.limit], args, init_spec)
-    scan = scan_labelled_folder(data_dir, spec)
+    scan = found.filtered(spec)
     paths, labels = scan.paths[: args.limit], scan.labels[: args.limit]
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     if best_path.exists():
         model, _ = load_reader(best_path)
     val_texts, val_conf = read_cached(model, spec, images, val_i)
-    spec = spec.with_options(calibration=fit_calibration(
+    spec = replace(spec, calibration=fit_calibration(
         val_conf, [t == labels[i] for t, i in zip(val_texts, val_i)]))
     save_reader(model, spec, final_path)
     results = score(read_cached(model, spec, images, test_i)[0], [labels[i] for i in test_i])
