@@ -239,7 +239,7 @@ def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_siz
     texts: list[str] = []
     confidences: list[float] = []
     for start in range(0, len(paths), batch_size):
-        batch = np.stack([load_and_preprocess(p, spec.auto_crop)
+        batch = np.stack([load_and_preprocess(p, spec.auto_crop, spec.color_distance)
                           for p in paths[start:start + batch_size]])
         batch_texts, batch_conf = predict_texts(model, batch, spec, batch_size, beam_width)
         texts += batch_texts

@@ -47,6 +47,8 @@ class LabelSpec:
     img_height: int = IMG_HEIGHT
     img_width: int = IMG_WIDTH
     auto_crop: bool = False
+    # Ink as colour distance from the local background instead of brightness (color_ink_map).
+    color_distance: bool = False
     # Logistic map from the log best-path probability to P(answer right), fitted on
     # validation data after training: (slope, intercept). None: the raw probability.
     calibration: tuple[float, float] | None = field(default=None, compare=False)
@@ -119,8 +121,8 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read any common image file as 8-bit grayscale (H, W).
+def read_image(path: str | Path, color: bool = False) -> np.ndarray:
+    """Read any common image file as 8-bit grayscale (H, W), or RGB (H, W, 3) with `color`.
 
     Handles RGB, RGBA (composited on white), palette, 16-bit and animated files
     (first frame). Raises ImageReadError with the reason instead of a library error.
@@ -133,24 +135,53 @@ def read_image(path: str | Path) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()
-            return to_grayscale(img)
+            return to_rgb(img) if color else to_grayscale(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ImageReadError(f"not a readable image: {path} ({err})") from None
 
 
-def to_grayscale(img: Image.Image) -> np.ndarray:
-    """PIL image in any mode -> uint8 grayscale array."""
+def _flatten(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit L or RGB, transparency composited on white."""
     if img.mode.startswith("I"):  # 16- or 32-bit integer greys
         arr = np.asarray(img, dtype=np.float64)
         if arr.max() > 255:
             arr = arr / 257.0
-        return np.clip(arr, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA"):
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img.convert("RGBA"))
-    return np.asarray(img.convert("L"), dtype=np.uint8)
+    return img
+
+
+def to_grayscale(img: Image.Image) -> np.ndarray:
+    """PIL image in any mode -> uint8 grayscale array."""
+    return np.asarray(_flatten(img).convert("L"), dtype=np.uint8)
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """PIL image in any mode -> uint8 RGB array."""
+    return np.asarray(_flatten(img).convert("RGB"), dtype=np.uint8)
+
+
+def color_ink_map(image: np.ndarray) -> np.ndarray:
+    """Grey or RGB image -> uint8 grey where ink is dark: each pixel's colour distance from
+    the median of its neighbourhood (a window a sixth of the image height).
+
+    Some CAPTCHAs draw each symbol in a colour on a block of another colour of about the same
+    brightness, and change polarity from block to block; in grey they all but vanish. The
+    distance from the local background is large on every stroke whatever its colour, so every
+    block reaches the model as dark ink on white. Thin strokes stay, the background goes.
+    """
+    image = image if image.ndim == 3 else image[..., None]
+    window = max(3, (image.shape[0] // 6) | 1)
+    background = cv2.medianBlur(np.ascontiguousarray(image), window)
+    if background.ndim == 2:
+        background = background[..., None]
+    distance = np.abs(image.astype(np.int16) - background.astype(np.int16)).max(axis=-1)
+    scale = 255.0 / max(float(np.percentile(distance, 99.5)), 1.0)
+    return 255 - np.clip(distance * scale, 0, 255).astype(np.uint8)
 
 
 def background_level(gray: np.ndarray) -> int:
@@ -183,19 +214,25 @@ def preprocess_image(
     invert: bool | None = None,
     strong: bool = False,
     stages: dict | None = None,
+    color_distance: bool = False,
 ) -> np.ndarray:
-    """Grayscale image -> (50, 200, 1) float32 in [0, 1], dark text on a light background.
+    """Grey or RGB image -> (50, 200, 1) float32 in [0, 1], dark text on a light background.
 
     Resize keeps the aspect ratio and pads with the background level, so glyphs are never
     stretched; CLAHE evens out contrast. `invert=None` flips images whose background is
     darker than mid-grey, so all styles reach the model with the same polarity. `strong`
-    thickens thin strokes. If `stages` is a dict, each intermediate image is stored in it.
+    thickens thin strokes. `color_distance` replaces brightness by `color_ink_map`.
+    If `stages` is a dict, each intermediate image is stored in it.
     """
-    gray = to_grayscale(image) if isinstance(image, Image.Image) else np.asarray(image, np.uint8)
-    if gray.ndim == 3:
-        gray = cv2.cvtColor(gray, cv2.COLOR_RGB2GRAY)
-    if gray.size == 0:
+    if isinstance(image, Image.Image):
+        image = to_rgb(image) if color_distance else to_grayscale(image)
+    image = np.asarray(image, np.uint8)
+    if image.size == 0:
         raise ImageReadError("image has no pixels")
+    if color_distance:
+        gray = color_ink_map(image)
+    else:
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     if stages is not None:
         stages["1_gray"] = gray
     if invert is None:
@@ -224,9 +261,11 @@ def preprocess_image(
     return (canvas.astype(np.float32) / 255.0)[..., None]
 
 
-def load_and_preprocess(path: str | Path, auto_crop: bool = False) -> np.ndarray:
+def load_and_preprocess(path: str | Path, auto_crop: bool = False,
+                        color_distance: bool = False) -> np.ndarray:
     """Read a file and preprocess it; raises ImageReadError for unreadable files."""
-    return preprocess_image(read_image(path), auto_crop=auto_crop)
+    return preprocess_image(read_image(path, color=color_distance), auto_crop=auto_crop,
+                            color_distance=color_distance)
 
 
 @dataclass
@@ -271,26 +310,27 @@ def scan_labelled_folder(folder: str | Path, spec: LabelSpec | None) -> Dataset:
     return found.filtered(spec) if spec else found
 
 
-def infer_spec(labels: list[str], auto_crop: bool = False) -> LabelSpec:
+def infer_spec(labels: list[str]) -> LabelSpec:
     """Charset and length range that cover every label, in a stable order."""
     if not labels:
         raise ValueError("no labels to infer a charset from")
     symbols = set("".join(labels))
     ordered = [c for c in DEFAULT_CHARSET if c in symbols] + sorted(symbols - set(DEFAULT_CHARSET))
     lengths = [len(s) for s in labels]
-    return LabelSpec("".join(ordered), min(lengths), max(lengths), auto_crop=auto_crop)
+    return LabelSpec("".join(ordered), min(lengths), max(lengths))
 
 
-def _preprocess_to_uint8(args: tuple[str, bool]) -> np.ndarray | None:
-    path, auto_crop = args
+def _preprocess_to_uint8(args: tuple[str, bool, bool]) -> np.ndarray | None:
+    path, auto_crop, color_distance = args
     try:
-        return np.round(load_and_preprocess(path, auto_crop)[..., 0] * 255).astype(np.uint8)
+        image = load_and_preprocess(path, auto_crop, color_distance)
+        return np.round(image[..., 0] * 255).astype(np.uint8)
     except ImageReadError:
         return None
 
 
 def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool = False,
-                       workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       color_distance: bool = False, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess every image once, in parallel, into a uint8 array memory-mapped from disk.
 
     Returns (images memmap of shape (N, 50, 200), ok mask). Unreadable files get ok=False.
@@ -299,7 +339,7 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool
     lossless here (CLAHE output is 8-bit) and 4x smaller than float32: 123k images take 1.2 GB
     on disk and only the pages in use occupy memory.
     """
-    key = hashlib.sha1(f"v{PREPROCESS_VERSION} crop={auto_crop}".encode())
+    key = hashlib.sha1(f"v{PREPROCESS_VERSION} crop={auto_crop} color={color_distance}".encode())
     for p in paths:
         st = os.stat(p)
         key.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -313,7 +353,7 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool
     images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
                                        shape=(len(paths), IMG_HEIGHT, IMG_WIDTH))
     ok = np.zeros(len(paths), dtype=bool)
-    jobs = [(str(p), auto_crop) for p in paths]
+    jobs = [(str(p), auto_crop, color_distance) for p in paths]
     with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         results = pool.map(_preprocess_to_uint8, jobs, chunksize=256)
         for i, arr in enumerate(tqdm(results, total=len(jobs), desc="preprocess", unit="img")):

@@ -54,18 +54,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def image_variants(gray, spec, args) -> dict:
+def image_variants(image, spec, args) -> dict:
     """Preprocessed versions of one image to try; the most confident reading wins."""
+    from functools import partial
+
     from preprocess import background_level, preprocess_image
 
-    invert = args.force_invert or background_level(gray) < 128
-    variants = {"plain": preprocess_image(gray, spec.auto_crop, invert, args.strong)}
-    if not args.force_invert:
-        variants["inverted"] = preprocess_image(gray, spec.auto_crop, not invert, args.strong)
+    prepare = partial(preprocess_image, color_distance=spec.color_distance)
+    # A colour-distance map is dark ink on white whatever the polarity: no inverted variant.
+    invert = args.force_invert or (not spec.color_distance and background_level(image) < 128)
+    variants = {"plain": prepare(image, spec.auto_crop, invert, args.strong)}
+    if not args.force_invert and not spec.color_distance:
+        variants["inverted"] = prepare(image, spec.auto_crop, not invert, args.strong)
     if not args.strong:
-        variants["strong"] = preprocess_image(gray, spec.auto_crop, invert, True)
+        variants["strong"] = prepare(image, spec.auto_crop, invert, True)
     if not args.no_auto_crop and not spec.auto_crop:
-        variants["cropped"] = preprocess_image(gray, True, invert, args.strong)
+        variants["cropped"] = prepare(image, True, invert, args.strong)
     return variants
 
 
@@ -75,18 +79,19 @@ def read_single(model, spec, args) -> list[dict]:
     from model import predict_texts
     from preprocess import preprocess_image, read_image
 
-    gray = read_image(args.image)
+    image = read_image(args.image, color=spec.color_distance)
     if args.save_debug:
         import cv2
 
         stages: dict = {}
-        preprocess_image(gray, spec.auto_crop or not args.no_auto_crop,
-                         True if args.force_invert else None, args.strong, stages)
+        preprocess_image(image, spec.auto_crop or not args.no_auto_crop,
+                         True if args.force_invert else None, args.strong, stages,
+                         spec.color_distance)
         debug_dir = Path(args.save_debug)
         debug_dir.mkdir(parents=True, exist_ok=True)
         for name, stage in stages.items():
             cv2.imwrite(str(debug_dir / f"{Path(args.image).stem}_{name}.png"), stage)
-    variants = image_variants(gray, spec, args)
+    variants = image_variants(image, spec, args)
     texts, confidences = predict_texts(model, np.stack(list(variants.values())), spec,
                                        beam_width=args.beam_width)
     best = int(np.argmax(confidences))
@@ -112,7 +117,9 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
         batch_paths, batch = [], []
         for path in paths[start:start + args.batch_size]:
             try:
-                batch.append(preprocess_image(read_image(path), spec.auto_crop, invert, args.strong))
+                image = read_image(path, color=spec.color_distance)
+                batch.append(preprocess_image(image, spec.auto_crop, invert, args.strong,
+                                              color_distance=spec.color_distance))
                 batch_paths.append(path)
             except ImageReadError as err:
                 skipped += 1

@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, help="longest label (default: from the data)")
     p.add_argument("--auto-crop", action="store_true",
                    help="crop every image to its text region before resizing (wide margins)")
+    p.add_argument("--color-distance", action="store_true",
+                   help="read ink as colour distance from the local background instead of "
+                   "brightness (symbols in colours as bright as their background)")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
     p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
@@ -104,7 +107,8 @@ def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpe
     else:
         base = infer_spec(labels)
     return LabelSpec(args.charset or base.charset, args.min_length or base.min_length,
-                     args.max_length or base.max_length, auto_crop=args.auto_crop)
+                     args.max_length or base.max_length, auto_crop=args.auto_crop,
+                     color_distance=args.color_distance)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -213,7 +217,7 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 
 
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
-            "charset", "min_length", "max_length", "auto_crop", "init_from", "no_augment",
+            "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
             "val_fraction", "test_fraction", "patience")
 
 
@@ -243,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
           + ("  (from the labels)" if args.data_dir and not args.charset else ""))
 
-    images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec.auto_crop)
+    images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec.auto_crop,
+                                    spec.color_distance)
     if not ok.all():
         print(f"skipped {int((~ok).sum())} unreadable images")
     usable = np.flatnonzero(ok)

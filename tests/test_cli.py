@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,3 +122,24 @@ def test_train_skips_bad_files_and_says_how_many(captcha_dir, bad_files, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "skipped 1 (1 wrong length)" in result.stdout
     assert "skipped 1 unreadable images" in result.stdout
+
+
+def test_color_distance_is_stored_with_the_model_and_used_by_test_py(captcha_dir, tmp_path):
+    from model import load_reader, read_files
+
+    paths = sorted(captcha_dir.glob("*.png"))[:20]
+    out = tmp_path / "out"
+    result = run("train.py", "--data-dir", str(captcha_dir), "--limit", "20", "--epochs", "1",
+                 "--batch-size", "8", "--out", str(out), "--color-distance")
+    assert result.returncode == 0, result.stderr
+    model_path = out / "crnn_ctc_final.keras"
+    assert json.loads(model_path.with_suffix(".json").read_text())["color_distance"] is True
+    out_csv = tmp_path / "colour.csv"
+    result = run("test.py", "--model", str(model_path), "--folder", str(captcha_dir), "--limit",
+                 "20", "--output", str(out_csv), "--quiet")
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
+    model, spec = load_reader(model_path)
+    texts, confidences = read_files(model, spec, paths)
+    assert [r["prediction"] for r in rows] == texts
+    assert np.allclose([float(r["confidence"]) for r in rows], confidences, atol=1e-4)

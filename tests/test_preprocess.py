@@ -76,6 +76,36 @@ def test_auto_crop_enlarges_small_text():
     assert cropped > 3 * plain
 
 
+def two_coloured_blocks() -> np.ndarray:
+    """Two blocks of opposite brightness, each with a stroke in a colour as bright as its block."""
+    rgb = np.zeros((64, 128, 3), dtype=np.uint8)
+    rgb[:, :64] = (200, 60, 60)  # grey level ~ 104
+    rgb[:, 64:] = (70, 200, 230)  # grey level ~ 168
+    rgb[16:48, 30:33] = (40, 120, 140)  # grey ~ 103 on the red block
+    rgb[16:48, 94:97] = (230, 160, 140)  # grey ~ 173 on the blue block
+    return rgb
+
+
+def test_color_distance_shows_ink_that_brightness_hides():
+    # 64x128 scales to 50x100 centred: the strokes land near columns 74 and 124, rows 13..37.
+    def stroke_contrast(out: np.ndarray) -> list[float]:
+        return [float(np.median(out[:, 50:150]) - out[16:34, c - 4:c + 5].min(axis=1).mean())
+                for c in (74, 124)]
+
+    grey = preprocess_image(two_coloured_blocks())[..., 0]
+    ink = preprocess_image(two_coloured_blocks(), color_distance=True)[..., 0]
+    assert max(stroke_contrast(grey)) < 0.25
+    assert min(stroke_contrast(ink)) > 0.5  # both: dark ink on light, whatever the block
+
+
+def test_color_distance_reads_files_in_colour(tmp_path):
+    path = tmp_path / "ab.png"
+    Image.fromarray(two_coloured_blocks()).save(path)
+    assert read_image(path, color=True).shape == (64, 128, 3)
+    assert np.array_equal(load_and_preprocess(path, color_distance=True),
+                          preprocess_image(two_coloured_blocks(), color_distance=True))
+
+
 @pytest.mark.parametrize("content", [b"", b"this is text, not an image", b"\x89PNG\r\n\x1a\n\x00\x00"])
 def test_unreadable_files_raise_a_clear_error(tmp_path, content):
     path = tmp_path / "abcde.png"
@@ -139,6 +169,8 @@ def test_cache_matches_the_function_and_flags_unreadable_files(captcha_dir, tmp_
     bad = tmp_path / "zzzzz.png"
     bad.write_bytes(b"broken")
     images, ok = preprocessed_cache(paths + [bad], tmp_path / "cache", workers=2)
+    colour, _ = preprocessed_cache(paths + [bad], tmp_path / "cache", color_distance=True, workers=2)
+    assert not np.array_equal(images[0], colour[0])  # the option is part of the cache key
     assert ok.tolist() == [True] * 6 + [False]
     direct = np.round(load_and_preprocess(paths[0])[..., 0] * 255)
     assert np.array_equal(images[0], direct.astype(np.uint8))
