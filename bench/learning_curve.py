@@ -6,7 +6,7 @@ once from scratch and once fine-tuned from the shipped default model, and read t
 held-out part. Writes docs/learning_curves.md (table), .json and .png (plot).
 
     python bench/learning_curve.py --sizes 50 100 250 500 all
-    python bench/learning_curve.py --sets multicolorcaptcha --sizes 500 --modes finetune
+    python bench/learning_curve.py --sets multicolorcaptcha --auto-crop --color-distance
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def main() -> int:
     parser.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "all"])
     parser.add_argument("--modes", nargs="+", default=["scratch", "finetune"], choices=list(MODE_FLAGS))
     parser.add_argument("--auto-crop", action="store_true", help="pass --auto-crop to train.py")
+    parser.add_argument("--color-distance", action="store_true",
+                        help="pass --color-distance to train.py")
     parser.add_argument("--base-model", default=str(BASE_MODEL), help="model to fine-tune from")
     parser.add_argument("--append", action="store_true",
                         help="keep the results already in the output JSON (resume or extend)")
@@ -91,7 +93,7 @@ def main() -> int:
 
     sets = [REALDATA / s for s in args.sets] if args.sets else sorted(
         d for d in REALDATA.iterdir() if (d / "SOURCE.md").exists())
-    extra = ["--auto-crop"] if args.auto_crop else []
+    extra = ["--auto-crop"] * args.auto_crop + ["--color-distance"] * args.color_distance
     output = Path(args.out + ".json")
     results = json.loads(output.read_text()) if args.append and output.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
