@@ -261,10 +261,11 @@ def preprocess_image(
     return (canvas.astype(np.float32) / 255.0)[..., None]
 
 
-def load_and_preprocess(path: str | Path, auto_crop: bool = False,
-                        color_distance: bool = False) -> np.ndarray:
-    """Read a file and preprocess it; raises ImageReadError for unreadable files."""
-    return preprocess_image(read_image(path, color=color_distance), auto_crop=auto_crop,
+def load_and_preprocess(path: str | Path, auto_crop: bool = False, color_distance: bool = False,
+                        invert: bool | None = None, strong: bool = False) -> np.ndarray:
+    """Read a file (in colour when `color_distance` needs it) and preprocess it; raises
+    ImageReadError for unreadable files."""
+    return preprocess_image(read_image(path, color=color_distance), auto_crop, invert, strong,
                             color_distance=color_distance)
 
 
@@ -330,7 +331,8 @@ def _preprocess_to_uint8(args: tuple[str, bool, bool]) -> np.ndarray | None:
 
 
 def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool = False,
-                       color_distance: bool = False, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       color_distance: bool = False,
+                       workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess every image once, in parallel, into a uint8 array memory-mapped from disk.
 
     Returns (images memmap of shape (N, 50, 200), ok mask). Unreadable files get ok=False.

@@ -104,7 +104,7 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
     from tqdm import tqdm
 
     from model import predict_texts
-    from preprocess import ImageReadError, list_images, preprocess_image, read_image
+    from preprocess import ImageReadError, list_images, load_and_preprocess
 
     paths = list_images(args.folder)[: args.limit]
     if not paths:
@@ -117,9 +117,8 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
         batch_paths, batch = [], []
         for path in paths[start:start + args.batch_size]:
             try:
-                image = read_image(path, color=spec.color_distance)
-                batch.append(preprocess_image(image, spec.auto_crop, invert, args.strong,
-                                              color_distance=spec.color_distance))
+                batch.append(load_and_preprocess(path, spec.auto_crop, spec.color_distance,
+                                                 invert, args.strong))
                 batch_paths.append(path)
             except ImageReadError as err:
                 skipped += 1
