@@ -1,60 +1,174 @@
-"""Make the embedded default dataset: synthetic CAPTCHAs written as `<label>.png`.
+"""Make synthetic CAPTCHAs written as `<label>.png`.
 
-Uses the `captcha` package's ImageCaptcha(width=200, height=70) with its bundled font.
+Two styles:
+- `default`, the embedded default dataset: the `captcha` package's
+  ImageCaptcha(width=200, height=70) with its bundled font. The package draws its noise
+  from `secrets`, so the pixels differ from run to run: every generated set is unseen.
+- `varied`, a pretraining set for fine-tuning to other styles: every font installed on the
+  machine (plus the bundled one), symbols rotated up to 45 degrees on coloured cells,
+  crossed by lines, circles and dots (`draw_varied`). Its pixels are seeded.
+
 Labels come from a seeded generator, so the same seed names the same files and a second
-run reuses what is already on disk. The package draws its noise from `secrets`, so the
-pixels themselves differ from run to run: every generated set is unseen by any model.
+run reuses what is already on disk.
 
     python generate.py --out data/synthetic --count 20000 --seed 0
+    python generate.py --style varied --out data/varied --count 60000 --min-length 4 --length 6
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import lru_cache, partial
 from pathlib import Path
 
+from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from preprocess import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
+STYLES = ("default", "varied")
+FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts",
+                "/System/Library/Fonts", "C:/Windows/Fonts")
+VARIED_CELL = 56  # pixels per symbol, and the image height, of the varied style
 
 
 def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
-                     charset: str = DEFAULT_CHARSET) -> list[str]:
-    """`count` labels of `length` symbols drawn uniformly from `charset`."""
+                     charset: str = DEFAULT_CHARSET, min_length: int | None = None) -> list[str]:
+    """`count` labels of `min_length`..`length` symbols drawn uniformly from `charset`."""
     rng = random.Random(seed)
-    return ["".join(rng.choice(charset) for _ in range(length)) for _ in range(count)]
+    shortest = min_length or length
+    return ["".join(rng.choice(charset) for _ in range(rng.randint(shortest, length)))
+            for _ in range(count)]
 
 
-def _write_one(path: str) -> None:
-    from captcha.image import ImageCaptcha
+@lru_cache(maxsize=1)
+def font_files() -> tuple[str, ...]:
+    """The captcha package's bundled font and every TrueType/OpenType font installed here.
 
+    Fonts differ between machines, so a varied set made elsewhere draws from other fonts;
+    the bundled one keeps the list non-empty everywhere.
+    """
+    import captcha
+
+    bundled = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
+    found = sorted(str(p) for folder in FONT_FOLDERS if Path(folder).is_dir()
+                   for p in Path(folder).rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
+    return (str(bundled), *found)
+
+
+def _random_color(rng: random.Random) -> tuple[int, int, int]:
+    return tuple(rng.randrange(256) for _ in range(3))
+
+
+def _contrasting_color(rng: random.Random, background: tuple[int, int, int],
+                       min_distance: float = 110.0) -> tuple[int, int, int]:
+    """A random colour at least `min_distance` (RGB Euclidean) from `background`."""
+    while True:
+        color = _random_color(rng)
+        if math.dist(color, background) >= min_distance:
+            return color
+
+
+def _glyph(symbol: str, font_path: str, size: int, color: tuple[int, int, int],
+           angle: float, outline: bool) -> Image.Image:
+    """One symbol, rotated, on a transparent tile cropped to its ink."""
+    font = ImageFont.truetype(font_path, size)
+    tile = Image.new("RGBA", (2 * size, 2 * size), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(tile)
+    if outline:
+        draw.text((size // 2, size // 3), symbol, font=font, fill=(0, 0, 0, 0),
+                  stroke_width=max(1, size // 20), stroke_fill=color + (255,))
+    else:
+        draw.text((size // 2, size // 3), symbol, font=font, fill=color + (255,))
+    tile = tile.rotate(angle, resample=Image.BICUBIC, expand=True)
+    return tile.crop(tile.getbbox() or (0, 0, 1, 1))
+
+
+def draw_varied(label: str, rng: random.Random) -> Image.Image:
+    """A CAPTCHA of the varied style: one cell per symbol, each with its own font and colours.
+
+    Covers what other generators vary and ours does not: many fonts, strong rotation,
+    outlined glyphs, per-symbol background colours that make the ink brighter or darker than
+    its surroundings, and clutter in the symbols' own colours that crosses them.
+    """
+    cell = VARIED_CELL
+    width, height = cell * len(label), cell
+    one_background = rng.random() < 0.4
+    backgrounds = [_random_color(rng)] * len(label) if one_background else \
+        [_random_color(rng) for _ in label]
+    image = Image.new("RGB", (width, height))
+    draw = ImageDraw.Draw(image)
+    for i, color in enumerate(backgrounds):
+        draw.rectangle((i * cell, 0, (i + 1) * cell, height), fill=color)
+    fonts = font_files()
+    ink = []
+    for i, symbol in enumerate(label):
+        color = _contrasting_color(rng, backgrounds[i])
+        ink.append(color)
+        glyph = _glyph(symbol, rng.choice(fonts), rng.randint(38, 58), color,
+                       rng.uniform(-45, 45), outline=rng.random() < 0.15)
+        glyph.thumbnail((cell, height))
+        x = i * cell + rng.randint(0, cell - glyph.width)
+        y = rng.randint(0, height - glyph.height)
+        image.paste(glyph, (x, y), glyph)
+    for i, color in enumerate(ink):  # strokes in the symbol's colour, crossing it
+        for _ in range(rng.randint(0, 2)):
+            cx, cy = i * cell + rng.uniform(0, cell), rng.uniform(0, height)
+            angle, half = rng.uniform(0, math.pi), rng.uniform(10, 30)
+            dx, dy = half * math.cos(angle), half * math.sin(angle)
+            draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=color, width=rng.randint(1, 4))
+        if rng.random() < 0.2:
+            r = rng.uniform(4, 10)
+            cx, cy = i * cell + rng.uniform(r, cell - r), rng.uniform(r, height - r)
+            draw.ellipse((cx - r, cy - r, cx + r, cy + r), outline=color, width=1)
+    for _ in range(rng.randint(0, 3)):  # long lines across the whole image
+        color = (0, 0, 0) if rng.random() < 0.5 else _random_color(rng)
+        y0, y1 = rng.uniform(0, height), rng.uniform(0, height)
+        draw.line((rng.uniform(0, width / 4), y0, rng.uniform(3 * width / 4, width), y1),
+                  fill=color, width=rng.randint(1, 4))
+    for _ in range(rng.randint(0, 25)):  # dots
+        r = rng.uniform(1, 5)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_random_color(rng))
+    return image
+
+
+def _write_one(path: str, style: str, seed: int) -> None:
     label = Path(path).stem.split("_", 1)[0]
     tmp = f"{path}.partial.png"
-    ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT).write(label, tmp)
+    if style == "varied":
+        draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
+    else:
+        from captcha.image import ImageCaptcha
+
+        ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT).write(label, tmp)
     os.replace(tmp, path)
 
 
 def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
                       length: int = DEFAULT_LABEL_LENGTH, charset: str = DEFAULT_CHARSET,
-                      workers: int | None = None, progress: bool = True) -> list[Path]:
+                      workers: int | None = None, progress: bool = True,
+                      style: str = "default", min_length: int | None = None) -> list[Path]:
     """Write `count` CAPTCHAs into `out_dir` (files already there are kept) and list them."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
     paths = []
-    for label in synthetic_labels(count, seed, length, charset):
+    for label in synthetic_labels(count, seed, length, charset, min_length):
         n = seen[label] = seen.get(label, 0) + 1
         paths.append(out_dir / (f"{label}.png" if n == 1 else f"{label}_{n}.png"))
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            jobs = pool.map(_write_one, missing, chunksize=64)
+            jobs = pool.map(partial(_write_one, style=style, seed=seed), missing, chunksize=64)
             for _ in tqdm(jobs, total=len(missing), desc=f"generate {out_dir}", unit="img",
                           disable=not progress):
                 pass
@@ -67,12 +181,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="data/synthetic", help="folder to write into")
     parser.add_argument("--count", type=int, default=20000, help="number of images")
     parser.add_argument("--seed", type=int, default=0, help="seed for the labels")
-    parser.add_argument("--length", type=int, default=DEFAULT_LABEL_LENGTH, help="symbols per image")
+    parser.add_argument("--length", type=int, default=DEFAULT_LABEL_LENGTH,
+                        help="symbols per image (the most, with --min-length)")
+    parser.add_argument("--min-length", type=int, help="fewest symbols per image (default --length)")
     parser.add_argument("--charset", default=DEFAULT_CHARSET, help="symbols to draw from")
+    parser.add_argument("--style", choices=STYLES, default="default",
+                        help="default: the embedded dataset; varied: many fonts and colours, for pretraining")
     args = parser.parse_args(argv)
     if args.count < 1 or args.length < 1 or not args.charset:
         parser.error("--count and --length must be positive and --charset non-empty")
-    paths = generate_captchas(args.out, args.count, args.seed, args.length, args.charset)
+    if args.min_length is not None and not 1 <= args.min_length <= args.length:
+        parser.error("--min-length must be between 1 and --length")
+    paths = generate_captchas(args.out, args.count, args.seed, args.length, args.charset,
+                              style=args.style, min_length=args.min_length)
     print(f"{len(paths)} images in {args.out}")
     return 0
 

@@ -1,0 +1,56 @@
+"""The synthetic data generators: labels, file names and the varied pretraining style."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from generate import VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
+from preprocess import label_from_path
+
+
+def test_labels_span_the_requested_lengths():
+    labels = synthetic_labels(400, seed=3, length=6, charset="AB", min_length=4)
+    assert {len(s) for s in labels} == {4, 5, 6}
+    assert set("".join(labels)) == {"A", "B"}
+    assert labels == synthetic_labels(400, seed=3, length=6, charset="AB", min_length=4)
+
+
+def test_varied_style_draws_each_symbol_in_its_own_cell(tmp_path):
+    paths = generate_captchas(tmp_path / "a", 24, seed=7, length=6, min_length=4,
+                              style="varied", progress=False, workers=2)
+    assert len(paths) == 24 and all(p.exists() for p in paths)
+    for path in paths:
+        label = label_from_path(path)
+        image = np.asarray(Image.open(path).convert("RGB"), dtype=float)
+        assert image.shape == (VARIED_CELL, VARIED_CELL * len(label), 3)
+        for i in range(len(label)):
+            cell = image[:, i * VARIED_CELL:(i + 1) * VARIED_CELL].reshape(-1, 3)
+            colors, counts = np.unique(cell, axis=0, return_counts=True)
+            background = colors[counts.argmax()]
+            ink = np.linalg.norm(cell - background, axis=1) > 60
+            assert ink.mean() > 0.015, f"{path.name}: cell {i} is nearly empty"
+
+
+def test_varied_pixels_are_seeded(tmp_path):
+    first = generate_captchas(tmp_path / "a", 6, seed=11, style="varied", progress=False, workers=1)
+    again = generate_captchas(tmp_path / "b", 6, seed=11, style="varied", progress=False, workers=1)
+    other = generate_captchas(tmp_path / "c", 6, seed=12, style="varied", progress=False, workers=1)
+    assert [p.name for p in first] == [p.name for p in again]
+    for a, b in zip(first, again):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    assert [p.name for p in first] != [p.name for p in other]
+
+
+def test_bundled_font_is_always_available():
+    assert font_files()[0].endswith("DroidSansMono.ttf")
+
+
+def test_bad_arguments_are_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown style"):
+        generate_captchas(tmp_path, 1, style="fancy")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path), "--count", "2", "--min-length", "5", "--length", "4"])
+    assert exit_info.value.code != 0
+    assert "--min-length" in capsys.readouterr().err
