@@ -91,8 +91,12 @@ def resolve_data(args: argparse.Namespace) -> Path:
 
 
 def cache_dir_for(data_dir: Path) -> Path:
-    """`DATA_DIR/.cache`, or a folder in the temp dir when the data folder is read-only."""
-    if os.access(data_dir, os.W_OK):
+    """`DATA_DIR/.cache`, or a folder in the temp dir when the data folder is read-only.
+
+    Read-only includes a folder whose mode bits grant no write: root may write there
+    anyway, but a shared data set marked so should stay as its owner left it.
+    """
+    if os.access(data_dir, os.W_OK) and data_dir.stat().st_mode & 0o222:
         return data_dir / ".cache"
     return Path(tempfile.gettempdir()) / "captcha-crnn-cache"
 

@@ -117,12 +117,14 @@ def main() -> int:
 
 
 def write_table(results: list[dict], path: Path) -> None:
-    lines = ["| set | training images | mode | exact match | CER | train minutes |",
-             "|---|---:|---|---:|---:|---:|"]
+    """Write the results table into `path`, keeping the text written above an earlier table."""
+    header = "| set | training images | mode | exact match | CER | train minutes |"
+    preamble = path.read_text().split(header)[0] if path.exists() else ""
+    lines = [header, "|---|---:|---|---:|---:|---:|"]
     for r in results:
         lines.append(f"| {r['set']} | {r['size']} | {r['mode']} | {r['exact_match']:.4f} | "
                      f"{r['cer']:.4f} | {r['minutes']:.1f} |")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(preamble + "\n".join(lines) + "\n")
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -143,3 +143,17 @@ def test_color_distance_is_stored_with_the_model_and_used_by_test_py(captcha_dir
     texts, confidences = read_files(model, spec, paths)
     assert [r["prediction"] for r in rows] == texts
     assert np.allclose([float(r["confidence"]) for r in rows], confidences, atol=1e-4)
+
+
+def test_training_cache_stays_out_of_read_only_data(tmp_path):
+    """A data folder marked read-only gets no .cache, even for root (who may write anyway)."""
+    import tempfile
+
+    from train import cache_dir_for
+
+    assert cache_dir_for(tmp_path) == tmp_path / ".cache"
+    tmp_path.chmod(0o555)
+    try:
+        assert cache_dir_for(tmp_path).parent == Path(tempfile.gettempdir())
+    finally:
+        tmp_path.chmod(0o755)
