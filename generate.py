@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from preprocess import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH
+from preprocess import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH, label_from_path
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
 STYLES = ("default", "varied")
@@ -43,8 +43,12 @@ def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
     """`count` labels of `min_length`..`length` symbols drawn uniformly from `charset`."""
     rng = random.Random(seed)
     shortest = min_length or length
-    return ["".join(rng.choice(charset) for _ in range(rng.randint(shortest, length)))
-            for _ in range(count)]
+
+    def draw_length() -> int:
+        # No draw for a fixed length: the default sets keep the labels their seeds always named.
+        return length if shortest == length else rng.randint(shortest, length)
+
+    return ["".join(rng.choice(charset) for _ in range(draw_length())) for _ in range(count)]
 
 
 @lru_cache(maxsize=1)
@@ -140,7 +144,7 @@ def draw_varied(label: str, rng: random.Random) -> Image.Image:
 
 
 def _write_one(path: str, style: str, seed: int) -> None:
-    label = Path(path).stem.split("_", 1)[0]
+    label = label_from_path(path)
     tmp = f"{path}.partial.png"
     if style == "varied":
         draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -15,6 +17,13 @@ def test_labels_span_the_requested_lengths():
     assert {len(s) for s in labels} == {4, 5, 6}
     assert set("".join(labels)) == {"A", "B"}
     assert labels == synthetic_labels(400, seed=3, length=6, charset="AB", min_length=4)
+
+
+def test_fixed_length_labels_keep_the_names_their_seed_always_gave():
+    """Variable lengths must not shift the default sets' labels: data on disk stays reusable."""
+    rng = random.Random(0)
+    expected = ["".join(rng.choice("AB") for _ in range(5)) for _ in range(20)]
+    assert synthetic_labels(20, seed=0, length=5, charset="AB") == expected
 
 
 def test_varied_style_draws_each_symbol_in_its_own_cell(tmp_path):
