@@ -1,18 +1,23 @@
 """Make synthetic CAPTCHAs written as `<label>.png`.
 
-Two styles:
+Three styles:
 - `default`, the embedded default dataset: the `captcha` package's
   ImageCaptcha(width=200, height=70) with its bundled font. The package draws its noise
   from `secrets`, so the pixels differ from run to run: every generated set is unseen.
 - `varied`, a pretraining set for fine-tuning to other styles: every font installed on the
   machine (plus the bundled one), symbols rotated up to 45 degrees on coloured cells,
   crossed by lines, circles and dots (`draw_varied`). Its pixels are seeded.
+- `multicolorcaptcha`, the third-party generator of that name (`pip install
+  multicolorcaptcha==1.2.0`, GPLv3, not a requirement), drawn as its `gen_captcha_image`
+  draws (`draw_multicolorcaptcha`): unlimited pretraining images for a site that uses it.
 
 Labels come from a seeded generator, so the same seed names the same files and a second
 run reuses what is already on disk.
 
     python generate.py --out data/synthetic --count 20000 --seed 0
     python generate.py --style varied --out data/varied --count 60000 --min-length 4 --length 6
+    python generate.py --style multicolorcaptcha --out data/mcc --count 150000 --length 4 \
+        --charset ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from tqdm import tqdm
 from preprocess import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH, label_from_path
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
-STYLES = ("default", "varied")
+STYLES = ("default", "varied", "multicolorcaptcha")
 FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts",
                 "/System/Library/Fonts", "C:/Windows/Fonts")
 VARIED_CELL = 56  # pixels per symbol, and the image height, of the varied style
@@ -143,11 +148,53 @@ def draw_varied(label: str, rng: random.Random) -> Image.Image:
     return image
 
 
+@lru_cache(maxsize=1)
+def _multicolor_generator():
+    try:
+        from multicolorcaptcha import CaptchaGenerator
+    except ImportError as exc:
+        raise RuntimeError("the multicolorcaptcha style needs the package: "
+                           "pip install multicolorcaptcha==1.2.0") from exc
+    return CaptchaGenerator(0)
+
+
+def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
+    """A CAPTCHA as multicolorcaptcha 1.2.0 draws one, but of our label.
+
+    Its `gen_captcha_image` picks the symbols itself, so this repeats its steps with the
+    package's own parts: a 64-pixel cell per symbol (random font, size, colour, rotation up to
+    55 degrees, two strokes in the symbol's colour), one background or one per cell (half each),
+    then horizontal lines and circles for a difficulty of 1 to 3, on a black 256x144 canvas.
+    The package draws from the global `random`, seeded here per image.
+    """
+    from multicolorcaptcha._constants import DIFFICULT_LEVELS_VALUES
+
+    generator = _multicolor_generator()
+    random.seed(seed)
+    cell = round(generator.captcha_size[0] / 4)
+    multicolor = random.random() < 0.5
+    lines, circles = DIFFICULT_LEVELS_VALUES[random.randint(1, 3)]
+    background = None if multicolor else generator.gen_rand_color()
+    image = generator.images_join_horizontal(
+        [generator.gen_captcha_char_image(symbol, (cell, cell), 2, background)["image"]
+         for symbol in label])
+    for _ in range(lines):
+        generator.add_rand_horizontal_line_to_image(image, random.randint(1, 5))
+    for _ in range(circles):
+        generator.add_rand_circle_to_image(image, int(0.05 * cell), int(0.15 * cell))
+    width, height = max(generator.captcha_size[0], image.width), generator.captcha_size[1]
+    canvas = Image.new("RGBA", (width, height), (0, 0, 0, 255))
+    canvas.paste(image, (0, (height - image.height) // 2))
+    return canvas
+
+
 def _write_one(path: str, style: str, seed: int) -> None:
     label = label_from_path(path)
     tmp = f"{path}.partial.png"
     if style == "varied":
         draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
+    elif style == "multicolorcaptcha":
+        draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
     else:
         from captcha.image import ImageCaptcha
 
@@ -162,6 +209,8 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
     """Write `count` CAPTCHAs into `out_dir` (files already there are kept) and list them."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
+    if style == "multicolorcaptcha":
+        _multicolor_generator()  # fail here, with the install hint, not in every worker
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
@@ -190,14 +239,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-length", type=int, help="fewest symbols per image (default --length)")
     parser.add_argument("--charset", default=DEFAULT_CHARSET, help="symbols to draw from")
     parser.add_argument("--style", choices=STYLES, default="default",
-                        help="default: the embedded dataset; varied: many fonts and colours, for pretraining")
+                        help="default: the embedded dataset; varied: many fonts and colours, for "
+                             "pretraining; multicolorcaptcha: that package's style (install it first)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.length < 1 or not args.charset:
         parser.error("--count and --length must be positive and --charset non-empty")
     if args.min_length is not None and not 1 <= args.min_length <= args.length:
         parser.error("--min-length must be between 1 and --length")
-    paths = generate_captchas(args.out, args.count, args.seed, args.length, args.charset,
-                              style=args.style, min_length=args.min_length)
+    try:
+        paths = generate_captchas(args.out, args.count, args.seed, args.length, args.charset,
+                                  style=args.style, min_length=args.min_length)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(f"{len(paths)} images in {args.out}")
     return 0
 

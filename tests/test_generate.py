@@ -1,13 +1,16 @@
-"""The synthetic data generators: labels, file names and the varied pretraining style."""
+"""The synthetic data generators: labels, file names, the varied and multicolorcaptcha styles."""
 
 from __future__ import annotations
 
 import random
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+import generate
 from generate import VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
 from preprocess import label_from_path
 
@@ -50,6 +53,50 @@ def test_varied_pixels_are_seeded(tmp_path):
     for a, b in zip(first, again):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert [p.name for p in first] != [p.name for p in other]
+
+
+MULTICOLOR_SET = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "multicolorcaptcha"
+MULTICOLOR_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+
+
+def _band_rows(path: Path) -> np.ndarray:
+    """Rows of the image that are not the black margin."""
+    image = np.asarray(Image.open(path).convert("RGB"))
+    return np.flatnonzero(image.max(axis=(1, 2)) > 0)
+
+
+def test_multicolorcaptcha_style_draws_like_the_shared_set(tmp_path):
+    paths = generate_captchas(tmp_path / "a", 8, seed=5, length=4, charset=MULTICOLOR_CHARSET,
+                              style="multicolorcaptcha", progress=False, workers=2)
+    again = generate_captchas(tmp_path / "b", 8, seed=5, length=4, charset=MULTICOLOR_CHARSET,
+                              style="multicolorcaptcha", progress=False, workers=1)
+    for path, twin in zip(paths, again):
+        image = Image.open(path)
+        assert (image.mode, image.size) == ("RGBA", (256, 144))
+        assert np.array_equal(np.asarray(image), np.asarray(Image.open(twin)))
+        rows = _band_rows(path)
+        assert rows.min() >= 40 and rows.max() <= 103 and len(rows) > 50
+    if not MULTICOLOR_SET.is_dir():
+        pytest.skip(f"{MULTICOLOR_SET} not present")
+    real = sorted(MULTICOLOR_SET.glob("*.png"))[:8]
+    for path in real:
+        image = Image.open(path)
+        assert (image.mode, image.size) == ("RGBA", (256, 144))
+        rows = _band_rows(path)
+        assert rows.min() >= 40 and rows.max() <= 103 and len(rows) > 50
+
+
+def test_multicolorcaptcha_style_without_its_package_says_how_to_install(tmp_path, monkeypatch,
+                                                                          capsys):
+    monkeypatch.setitem(sys.modules, "multicolorcaptcha", None)
+    generate._multicolor_generator.cache_clear()
+    try:
+        code = main(["--out", str(tmp_path / "x"), "--count", "2", "--style", "multicolorcaptcha"])
+    finally:
+        generate._multicolor_generator.cache_clear()
+    assert code == 1
+    assert "pip install multicolorcaptcha" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_bundled_font_is_always_available():
