@@ -7,9 +7,10 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 
 from metrics import score
-from model import load_reader, predict_texts
+from model import load_reader, predict_texts, read_files
 from preprocess import LabelSpec, label_from_path, list_images, load_and_preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,3 +46,24 @@ def test_shipped_model_reads_the_fixed_sample():
     # Confident answers are right more often than unsure ones.
     conf = np.array(confidences)
     assert right[conf >= np.median(conf)].mean() > right[conf < np.median(conf)].mean()
+
+
+REALDATA = ROOT.parent / "shared" / "realdata"
+
+
+@pytest.mark.parametrize("name", ["digits4-site", "multicolorcaptcha"])
+def test_fine_tuned_models_load_and_read_their_set(name):
+    """Each per-set model is small, loads in safe mode and reads images of its set.
+
+    The images are the set's first 64 files, some of which it trained on: this catches a
+    broken file, spec or preprocessing, while the held-out figures live in saved_model/README.md.
+    """
+    path = ROOT / "saved_model" / f"{name}.keras"
+    assert path.stat().st_size < 5 * 1024 * 1024
+    model, spec = load_reader(path)
+    if not (REALDATA / name).is_dir():
+        pytest.skip(f"{REALDATA / name} not present")
+    paths = list_images(REALDATA / name)[:64]
+    predictions, _ = read_files(model, spec, paths)
+    result = score(predictions, [label_from_path(p) for p in paths])
+    assert result["cer"] <= recorded(f"{name} test split CER") + 0.1
