@@ -1,6 +1,7 @@
 """The CRNN: a small CNN reads the image, two BiLSTMs read the columns, CTC aligns.
 
-Image (50, 200, 1) -> CNN (strided stem, 8x downsampling) -> height folded into features -> 25 time steps of 8 pixels each -> 2 x BiLSTM
+Image (50, 200, 1) -> CNN (strided stem, 8x downsampling) -> height folded into features
+-> 25 time steps of 8 pixels each -> 2 x BiLSTM
 -> per-step softmax over the symbols + the CTC blank (index 0).
 
 The saved model maps image -> per-step probabilities and contains only built-in
@@ -42,7 +43,7 @@ with stderr_kept_unless_failing():
     import numpy as np
     from keras import layers, ops
 
-from preprocess import LabelSpec, load_and_preprocess, spec_path_for
+from preprocess import LabelSpec, load_and_preprocess, spec_path_for  # noqa: E402
 
 CONV_FILTERS = (16, 32, 96, 128)
 RNN_UNITS = 128

@@ -4,7 +4,8 @@ By default generates a fresh default-style set (the generator's noise is never t
 twice, and the label seed differs from training's 0), or reads an existing labelled folder.
 
     python bench/accuracy.py --count 2000 --seed 2026
-    python bench/accuracy.py --folder ../shared/realdata/multicolorcaptcha --model saved_model/multicolorcaptcha.keras
+    python bench/accuracy.py --folder ../shared/realdata/digits4-site \
+        --model saved_model/digits4-site.keras
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def main() -> int:
     calib = calibration_report(confidences, [p == t for p, t in zip(predictions, truths)])
     print(f"confidence: ECE={calib['ece']:.4f}; accuracy at 100% coverage "
           f"{calib['accuracy_at_100_coverage']:.4f}, at 90% coverage "
-          f"{calib['accuracy_at_90_coverage']:.4f} (--min-confidence {calib['threshold_at_90_coverage']:.3f})")
+          f"{calib['accuracy_at_90_coverage']:.4f} "
+          f"(--min-confidence {calib['threshold_at_90_coverage']:.3f})")
     print("reliability (confidence bin: n, mean confidence, accuracy):")
     for lo, hi, n, mean_conf, acc in calib["table"]:
         print(f"  {lo:.1f}-{hi:.1f}: {n:5d}  {mean_conf:.3f}  {acc:.3f}")
