@@ -59,10 +59,12 @@ MULTICOLOR_SET = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "
 MULTICOLOR_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
-def _band_rows(path: Path) -> np.ndarray:
-    """Rows of the image that are not the black margin."""
-    image = np.asarray(Image.open(path).convert("RGB"))
-    return np.flatnonzero(image.max(axis=(1, 2)) > 0)
+def assert_multicolor_geometry(path: Path) -> None:
+    """A 256x144 RGBA image whose drawing is a 64-row band centred between black margins."""
+    image = Image.open(path)
+    assert (image.mode, image.size) == ("RGBA", (256, 144))
+    rows = np.flatnonzero(np.asarray(image.convert("RGB")).max(axis=(1, 2)) > 0)
+    assert rows.min() >= 40 and rows.max() <= 103 and len(rows) > 50
 
 
 def test_multicolorcaptcha_style_draws_like_the_shared_set(tmp_path):
@@ -71,19 +73,12 @@ def test_multicolorcaptcha_style_draws_like_the_shared_set(tmp_path):
     again = generate_captchas(tmp_path / "b", 8, seed=5, length=4, charset=MULTICOLOR_CHARSET,
                               style="multicolorcaptcha", progress=False, workers=1)
     for path, twin in zip(paths, again):
-        image = Image.open(path)
-        assert (image.mode, image.size) == ("RGBA", (256, 144))
-        assert np.array_equal(np.asarray(image), np.asarray(Image.open(twin)))
-        rows = _band_rows(path)
-        assert rows.min() >= 40 and rows.max() <= 103 and len(rows) > 50
+        assert_multicolor_geometry(path)
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(twin)))
     if not MULTICOLOR_SET.is_dir():
         pytest.skip(f"{MULTICOLOR_SET} not present")
-    real = sorted(MULTICOLOR_SET.glob("*.png"))[:8]
-    for path in real:
-        image = Image.open(path)
-        assert (image.mode, image.size) == ("RGBA", (256, 144))
-        rows = _band_rows(path)
-        assert rows.min() >= 40 and rows.max() <= 103 and len(rows) > 50
+    for path in sorted(MULTICOLOR_SET.glob("*.png"))[:8]:
+        assert_multicolor_geometry(path)
 
 
 def test_multicolorcaptcha_style_without_its_package_says_how_to_install(tmp_path, monkeypatch,
