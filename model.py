@@ -43,7 +43,7 @@ with stderr_kept_unless_failing():
     import numpy as np
     from keras import layers, ops
 
-from preprocess import LabelSpec, load_and_preprocess, spec_path_for  # noqa: E402
+from preprocess import ImageReadError, LabelSpec, load_and_preprocess_many, spec_path_for  # noqa: E402
 
 CONV_FILTERS = (16, 32, 96, 128)
 RNN_UNITS = 128
@@ -240,9 +240,12 @@ def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_siz
     texts: list[str] = []
     confidences: list[float] = []
     for start in range(0, len(paths), batch_size):
-        batch = np.stack([load_and_preprocess(p, spec.auto_crop, spec.color_distance)
-                          for p in paths[start:start + batch_size]])
-        batch_texts, batch_conf = predict_texts(model, batch, spec, batch_size, beam_width)
+        images = load_and_preprocess_many(paths[start:start + batch_size], spec.auto_crop,
+                                          spec.color_distance)
+        for image in images:
+            if isinstance(image, ImageReadError):
+                raise image
+        batch_texts, batch_conf = predict_texts(model, np.stack(images), spec, batch_size, beam_width)
         texts += batch_texts
         confidences += batch_conf
     return texts, confidences

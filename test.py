@@ -104,7 +104,7 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
     from tqdm import tqdm
 
     from model import predict_texts
-    from preprocess import ImageReadError, list_images, load_and_preprocess
+    from preprocess import ImageReadError, list_images, load_and_preprocess_many
 
     paths = list_images(args.folder)[: args.limit]
     if not paths:
@@ -115,20 +115,22 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
                     file=sys.stderr)
     for start in range(0, len(paths), args.batch_size):
         batch_paths, batch = [], []
-        for path in paths[start:start + args.batch_size]:
-            try:
-                batch.append(load_and_preprocess(path, spec.auto_crop, spec.color_distance,
-                                                 invert, args.strong))
-                batch_paths.append(path)
-            except ImageReadError as err:
+        chunk = paths[start:start + args.batch_size]
+        images = load_and_preprocess_many(chunk, spec.auto_crop, spec.color_distance, invert,
+                                          args.strong)
+        for path, image in zip(chunk, images):
+            if isinstance(image, ImageReadError):
                 skipped += 1
-                print(f"skipped: {err}", file=sys.stderr)
+                print(f"skipped: {image}", file=sys.stderr)
+            else:
+                batch.append(image)
+                batch_paths.append(path)
         if batch:
             texts, confidences = predict_texts(model, np.stack(batch), spec, len(batch),
                                                args.beam_width)
             results += [{"path": str(p), "prediction": t, "confidence": c}
                         for p, t, c in zip(batch_paths, texts, confidences)]
-        progress.update(len(paths[start:start + args.batch_size]))
+        progress.update(len(chunk))
     progress.close()
     if not results:
         raise ValueError(f"none of the {len(paths)} images in {args.folder} could be read")

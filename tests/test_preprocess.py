@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from preprocess import (DEFAULT_CHARSET, IMG_HEIGHT, IMG_WIDTH, ImageReadError, LabelSpec,
-                        infer_spec, label_from_path, load_and_preprocess, preprocess_image,
+                        infer_spec, label_from_path, load_and_preprocess, load_and_preprocess_many,
+                        preprocess_image,
                         preprocessed_cache, read_image, scan_labelled_folder, split_dataset)
 
 
@@ -176,6 +177,17 @@ def test_cache_matches_the_function_and_flags_unreadable_files(captcha_dir, tmp_
     assert np.array_equal(images[0], direct.astype(np.uint8))
     again, _ = preprocessed_cache(paths + [bad], tmp_path / "cache")  # reused, not rebuilt
     assert np.array_equal(np.asarray(again), np.asarray(images))
+
+
+def test_parallel_loading_keeps_order_and_puts_errors_in_place(captcha_dir, tmp_path):
+    paths = sorted(captcha_dir.glob("*.png"))[:9]
+    bad = tmp_path / "zzzzz.png"
+    bad.write_bytes(b"broken")
+    mixed = paths[:4] + [bad] + paths[4:]
+    results = load_and_preprocess_many(mixed, auto_crop=True)
+    assert isinstance(results[4], ImageReadError) and "zzzzz.png" in str(results[4])
+    for path, image in zip(mixed[:4] + mixed[5:], results[:4] + results[5:]):
+        assert np.array_equal(image, load_and_preprocess(path, auto_crop=True))
 
 
 def test_split_is_seeded_and_disjoint():
