@@ -7,8 +7,8 @@ Three styles:
 - `varied`, a pretraining set for fine-tuning to other styles: every font installed on the
   machine (plus the bundled one), symbols rotated up to 45 degrees on coloured cells,
   crossed by lines, circles and dots (`draw_varied`). Its pixels are seeded.
-- `multicolorcaptcha`, the third-party generator of that name (`pip install
-  multicolorcaptcha==1.2.0`, GPLv3, not a requirement), drawn as its `gen_captcha_image`
+- `multicolorcaptcha`, the third-party generator of that name (pinned in
+  requirements-dev.txt, GPLv3, not a requirement of the reader), drawn as its `gen_captcha_image`
   draws (`draw_multicolorcaptcha`): unlimited pretraining images for a site that uses it.
 
 Labels come from a seeded generator, so the same seed names the same files and a second
@@ -154,7 +154,7 @@ def _multicolor_generator():
         from multicolorcaptcha import CaptchaGenerator
     except ImportError as exc:
         raise RuntimeError("the multicolorcaptcha style needs the package: "
-                           "pip install multicolorcaptcha==1.2.0") from exc
+                           "pip install -r requirements-dev.txt") from exc
     return CaptchaGenerator(0)
 
 

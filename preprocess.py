@@ -28,6 +28,9 @@ DEFAULT_CHARSET = string.ascii_uppercase + string.ascii_lowercase + string.digit
 DEFAULT_LABEL_LENGTH = 5
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 PREPROCESS_VERSION = 1  # bump when preprocess_image changes, to invalidate caches
+# Labelled sets made by others (file name = label, a SOURCE.md each), kept beside the clone,
+# never inside it: the benchmarks and tests read them in place.
+REALDATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "realdata"
 
 
 class ImageReadError(ValueError):

@@ -27,9 +27,8 @@ import train  # noqa: E402
 from accuracy import read_folder  # noqa: E402
 from metrics import score  # noqa: E402
 from model import load_reader  # noqa: E402
-from preprocess import infer_spec, label_from_path, list_images  # noqa: E402
+from preprocess import REALDATA_DIR, infer_spec, label_from_path, list_images  # noqa: E402
 
-REALDATA = ROOT.parent / "shared" / "realdata"
 BASE_MODEL = ROOT / "saved_model" / "crnn_ctc_final.keras"
 HELD_OUT_FRACTION = 0.2
 # The settings for each mode, as a user would type them (see README, "Fine-tuning").
@@ -91,8 +90,8 @@ def main() -> int:
                         help="prefix for the .json/.md/.png outputs")
     args = parser.parse_args()
 
-    sets = [REALDATA / s for s in args.sets] if args.sets else sorted(
-        d for d in REALDATA.iterdir() if (d / "SOURCE.md").exists())
+    sets = [REALDATA_DIR / s for s in args.sets] if args.sets else sorted(
+        d for d in REALDATA_DIR.iterdir() if (d / "SOURCE.md").exists())
     extra = ["--auto-crop"] * args.auto_crop + ["--color-distance"] * args.color_distance
     output = Path(args.out + ".json")
     results = json.loads(output.read_text()) if args.append and output.exists() else []

@@ -12,7 +12,7 @@ from PIL import Image
 
 import generate
 from generate import VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
-from preprocess import label_from_path
+from preprocess import REALDATA_DIR, label_from_path
 
 
 def test_labels_span_the_requested_lengths():
@@ -55,7 +55,7 @@ def test_varied_pixels_are_seeded(tmp_path):
     assert [p.name for p in first] != [p.name for p in other]
 
 
-MULTICOLOR_SET = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "multicolorcaptcha"
+MULTICOLOR_SET = REALDATA_DIR / "multicolorcaptcha"
 MULTICOLOR_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
@@ -90,7 +90,7 @@ def test_multicolorcaptcha_style_without_its_package_says_how_to_install(tmp_pat
     finally:
         generate._multicolor_generator.cache_clear()
     assert code == 1
-    assert "pip install multicolorcaptcha" in capsys.readouterr().err
+    assert "pip install -r requirements-dev.txt" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

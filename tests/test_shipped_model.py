@@ -11,7 +11,7 @@ import pytest
 
 from metrics import score
 from model import load_reader, predict_texts, read_files
-from preprocess import LabelSpec, label_from_path, list_images, load_and_preprocess
+from preprocess import REALDATA_DIR, LabelSpec, label_from_path, list_images, load_and_preprocess
 
 ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "saved_model" / "crnn_ctc_final.keras"
@@ -48,9 +48,6 @@ def test_shipped_model_reads_the_fixed_sample():
     assert right[conf >= np.median(conf)].mean() > right[conf < np.median(conf)].mean()
 
 
-REALDATA = ROOT.parent / "shared" / "realdata"
-
-
 @pytest.mark.parametrize("name", ["digits4-site", "multicolorcaptcha"])
 def test_fine_tuned_models_load_and_read_their_set(name):
     """Each per-set model is small, loads in safe mode and reads images of its set.
@@ -61,9 +58,9 @@ def test_fine_tuned_models_load_and_read_their_set(name):
     path = ROOT / "saved_model" / f"{name}.keras"
     assert path.stat().st_size < 5 * 1024 * 1024
     model, spec = load_reader(path)
-    if not (REALDATA / name).is_dir():
-        pytest.skip(f"{REALDATA / name} not present")
-    paths = list_images(REALDATA / name)[:64]
+    if not (REALDATA_DIR / name).is_dir():
+        pytest.skip(f"{REALDATA_DIR / name} not present")
+    paths = list_images(REALDATA_DIR / name)[:64]
     predictions, _ = read_files(model, spec, paths)
     result = score(predictions, [label_from_path(p) for p in paths])
     assert result["cer"] <= recorded(f"{name} test split CER") + 0.1
