@@ -27,7 +27,7 @@ IMG_WIDTH = 200
 DEFAULT_CHARSET = string.ascii_uppercase + string.ascii_lowercase + string.digits
 DEFAULT_LABEL_LENGTH = 5
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-PREPROCESS_VERSION = 1  # bump when preprocess_image changes, to invalidate caches
+PREPROCESS_VERSION = 2  # bump when preprocess_image changes, to invalidate caches
 # Labelled sets made by others (file name = label, a SOURCE.md each), kept beside the clone,
 # never inside it: the benchmarks and tests read them in place.
 REALDATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "realdata"
@@ -168,20 +168,46 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.asarray(_flatten(img).convert("RGB"), dtype=np.uint8)
 
 
+def column_background(image: np.ndarray) -> np.ndarray:
+    """(H, W, C) uint8 -> (W, C) float32: the most common colour of each column (colours
+    quantized to 32 levels per channel), then a median across neighbouring columns.
+
+    The most common colour is the block's background even where ink, lines and dark crop
+    margins together cover more than half of a column, where a median fails. The median
+    across half the height in columns repairs the few that a vertical stroke fills.
+    """
+    height = image.shape[0]
+    levels = image >> 3
+    codes = np.zeros(image.shape[:2], np.int32)
+    for channel in range(image.shape[2]):
+        codes = codes * 32 + levels[..., channel]
+    codes = np.sort(codes, axis=0)
+    rows = np.arange(height)[:, None]
+    run_start = np.ones(codes.shape, bool)
+    run_start[1:] = codes[1:] != codes[:-1]
+    run_length = rows - np.maximum.accumulate(np.where(run_start, rows, 0), axis=0)
+    mode = codes[run_length.argmax(axis=0), np.arange(codes.shape[1])]
+    colour = np.stack([(mode >> (5 * i)) & 31 for i in reversed(range(image.shape[2]))], -1) * 8 + 4
+    window = max(3, (height // 2) | 1)
+    padded = np.pad(colour, ((window // 2, window // 2), (0, 0)), mode="edge")
+    neighbours = np.lib.stride_tricks.sliding_window_view(padded, window, axis=0)
+    return np.median(neighbours, axis=-1).astype(np.float32)
+
+
 def color_ink_map(image: np.ndarray) -> np.ndarray:
     """Grey or RGB image -> uint8 grey where ink is dark: each pixel's colour distance from
-    the median of its neighbourhood (a window a sixth of the image height).
+    the background of its column (`column_background`).
 
     Some CAPTCHAs draw each symbol in a colour on a block of another colour of about the same
-    brightness, and change polarity from block to block; in grey they all but vanish. The
-    distance from the local background is large on every stroke whatever its colour, so every
-    block reaches the model as dark ink on white. Thin strokes stay, the background goes.
+    brightness, blocks side by side, and change polarity from block to block; in grey they all
+    but vanish. The distance from the block's colour is large on every stroke whatever its
+    colour, so every block reaches the model as dark ink on white. Strokes stay solid however
+    thick (a square median window hollows them) and block edges stay sharp.
     """
-    image = np.ascontiguousarray(image)
-    window = max(3, (image.shape[0] // 6) | 1)
-    distance = cv2.absdiff(image, cv2.medianBlur(image, window))
-    if distance.ndim == 3:  # the largest channel difference; cv2.split is faster than max(axis=-1)
-        distance = np.maximum.reduce(cv2.split(distance))
+    image = np.asarray(image, np.uint8)
+    if image.ndim == 2:
+        image = image[..., None]
+    distance = np.abs(image - column_background(image)[None]).max(axis=-1)
     scale = 255.0 / max(float(np.percentile(distance, 99.5)), 1.0)
     return 255 - np.clip(distance * scale, 0, 255).astype(np.uint8)
 
@@ -192,22 +218,24 @@ def background_level(gray: np.ndarray) -> int:
     return int(np.median(border))
 
 
-def crop_to_text(gray: np.ndarray, margin: int = 4) -> np.ndarray:
-    """Crop to the box of pixels that differ clearly from the background.
+def text_box(gray: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
+    """The box (rows, columns) of pixels that differ clearly from the background.
 
-    Keeps the image unchanged when the box would be implausibly small (noise only).
+    The whole image when the box would be implausibly small (noise only).
     """
+    whole = (slice(None), slice(None))
     diff = np.abs(gray.astype(np.int16) - background_level(gray)) > 40
     diff = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
     ys, xs = np.nonzero(diff)
     if len(xs) < 20:
-        return gray
+        return whole
     y0, y1 = np.percentile(ys, [0.5, 99.5]).astype(int)
     x0, x1 = np.percentile(xs, [0.5, 99.5]).astype(int)
     if (y1 - y0) < gray.shape[0] * 0.15 or (x1 - x0) < gray.shape[1] * 0.15:
-        return gray
+        return whole
     h, w = gray.shape
-    return gray[max(0, y0 - margin): min(h, y1 + margin + 1), max(0, x0 - margin): min(w, x1 + margin + 1)]
+    rows = slice(max(0, y0 - margin), min(h, y1 + margin + 1))
+    return rows, slice(max(0, x0 - margin), min(w, x1 + margin + 1))
 
 
 def preprocess_image(
@@ -220,46 +248,46 @@ def preprocess_image(
 ) -> np.ndarray:
     """Grey or RGB image -> (50, 200, 1) float32 in [0, 1], dark text on a light background.
 
-    Resize keeps the aspect ratio and pads with the background level, so glyphs are never
-    stretched; CLAHE evens out contrast. `invert=None` flips images whose background is
-    darker than mid-grey, so all styles reach the model with the same polarity. `strong`
-    thickens thin strokes. `color_distance` replaces brightness by `color_ink_map`.
-    If `stages` is a dict, each intermediate image is stored in it.
+    Resize keeps the aspect ratio and pads with the background level (white for a
+    colour-distance map), so glyphs are never stretched; CLAHE evens out contrast.
+    `invert=None` flips images whose background is darker than mid-grey (never a
+    colour-distance map, dark on light by construction), so all styles reach the model with
+    the same polarity. `strong` thickens thin strokes. `auto_crop` first cuts the image to
+    `text_box`. `color_distance` replaces brightness by `color_ink_map`. If `stages` is a
+    dict, each intermediate image is stored in it.
     """
     if isinstance(image, Image.Image):
         image = to_rgb(image) if color_distance else to_grayscale(image)
     image = np.asarray(image, np.uint8)
     if image.size == 0:
         raise ImageReadError("image has no pixels")
+    gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
+    if auto_crop:
+        box = text_box(gray)
+        image, gray = image[box], gray[box]
     if color_distance:
         gray = color_ink_map(image)
-    else:
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
     if stages is not None:
         stages["1_gray"] = gray
     if invert is None:
-        invert = background_level(gray) < 128
+        invert = not color_distance and background_level(gray) < 128
     if invert:
         gray = 255 - gray
-    if auto_crop:
-        gray = crop_to_text(gray)
-        if stages is not None:
-            stages["2_crop"] = gray
     h, w = gray.shape
     scale = min(IMG_WIDTH / w, IMG_HEIGHT / h)
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(gray, (new_w, new_h), interpolation=interpolation)
-    canvas = np.full((IMG_HEIGHT, IMG_WIDTH), background_level(gray), dtype=np.uint8)
+    canvas = np.full((IMG_HEIGHT, IMG_WIDTH), 255 if color_distance else background_level(gray), np.uint8)
     top, left = (IMG_HEIGHT - new_h) // 2, (IMG_WIDTH - new_w) // 2
     canvas[top: top + new_h, left: left + new_w] = resized
     if stages is not None:
-        stages["3_resized"] = canvas
+        stages["2_resized"] = canvas
     if strong:
         canvas = cv2.erode(canvas, np.ones((2, 2), np.uint8))  # dark strokes grow
     canvas = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 8)).apply(canvas)
     if stages is not None:
-        stages["4_clahe"] = canvas
+        stages["3_clahe"] = canvas
     return (canvas.astype(np.float32) / 255.0)[..., None]
 
 

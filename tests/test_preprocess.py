@@ -99,6 +99,24 @@ def test_color_distance_shows_ink_that_brightness_hides():
     assert min(stroke_contrast(ink)) > 0.5  # both: dark ink on light, whatever the block
 
 
+def test_color_distance_keeps_thick_strokes_solid_between_dark_margins():
+    # A band of two colour blocks between black margins (as multicolorcaptcha draws it), with
+    # a thick bar and a tall stem in each block's colour, lines in the ink colour crossing.
+    rgb = np.zeros((144, 256, 3), dtype=np.uint8)
+    rgb[40:104, :128] = (200, 60, 60)
+    rgb[40:104, 128:] = (70, 200, 230)
+    rgb[50:95, 40:54] = (60, 200, 60)  # a 14-pixel-thick bar filling most of its columns
+    rgb[45:100, 180:186] = (230, 160, 140)  # a stem taller than half the band
+    rgb[70:73, 10:250] = (60, 200, 60)
+    stages: dict = {}
+    out = preprocess_image(rgb, auto_crop=True, color_distance=True, stages=stages)[..., 0]
+    ink = stages["1_gray"]  # the cropped band, before resizing
+    top = 40 - 4  # text_box keeps a 4-pixel margin
+    assert ink[60 - top, 41:53].max() < 128  # the bar's middle is ink, not a hollow outline
+    assert ink[55 - top, 182] < 128 and ink[55 - top, 150] > 200 and ink[55 - top, 20] > 200
+    assert np.median(out) > 0.9  # dark ink on white: the margins did not flip the polarity
+
+
 def test_color_distance_reads_files_in_colour(tmp_path):
     path = tmp_path / "ab.png"
     Image.fromarray(two_coloured_blocks()).save(path)
