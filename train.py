@@ -63,7 +63,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--auto-crop", action="store_true",
                    help="crop every image to its text region before resizing (wide margins)")
     p.add_argument("--color-distance", action="store_true",
-                   help="read ink as colour distance from the local background instead of "
+                   help="read ink as colour distance from the background colour of its column instead of "
                    "brightness (symbols in colours as bright as their background)")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
