@@ -231,21 +231,38 @@ def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec,
     return texts, confidences
 
 
+def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
+                 beam_width: int = 1, invert: bool | None = None, strong: bool = False):
+    """Read image files batch by batch: load and preprocess on all cores, predict, decode.
+
+    Yields (paths read, texts, confidences, ImageReadError for each unreadable file) per
+    batch, so callers choose whether a bad file stops them and can show progress.
+    """
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start:start + batch_size]
+        images = load_and_preprocess_many(chunk, spec.auto_crop, spec.color_distance, invert, strong)
+        errors = [image for image in images if isinstance(image, ImageReadError)]
+        read = [(path, image) for path, image in zip(chunk, images)
+                if not isinstance(image, ImageReadError)]
+        texts, confidences = [], []
+        if read:
+            texts, confidences = predict_texts(model, np.stack([image for _, image in read]), spec,
+                                               batch_size, beam_width)
+        yield [path for path, _ in read], texts, confidences, errors
+
+
 def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
                beam_width: int = 1) -> tuple[list[str], list[float]]:
-    """Read image files in batches: load, preprocess, predict, decode.
+    """Texts and confidences for image files, in order.
 
     Raises ImageReadError on an unreadable file; test.py skips those one by one instead.
     """
     texts: list[str] = []
     confidences: list[float] = []
-    for start in range(0, len(paths), batch_size):
-        images = load_and_preprocess_many(paths[start:start + batch_size], spec.auto_crop,
-                                          spec.color_distance)
-        for image in images:
-            if isinstance(image, ImageReadError):
-                raise image
-        batch_texts, batch_conf = predict_texts(model, np.stack(images), spec, batch_size, beam_width)
+    for _, batch_texts, batch_confidences, errors in read_batches(model, spec, paths, batch_size,
+                                                                  beam_width):
+        if errors:
+            raise errors[0]
         texts += batch_texts
-        confidences += batch_conf
+        confidences += batch_confidences
     return texts, confidences

@@ -100,11 +100,10 @@ def read_single(model, spec, args) -> list[dict]:
 
 def read_folder(model, spec, args) -> tuple[list[dict], int]:
     """Read a folder in batches; returns the results and the number of skipped files."""
-    import numpy as np
     from tqdm import tqdm
 
-    from model import predict_texts
-    from preprocess import ImageReadError, list_images, load_and_preprocess_many
+    from model import read_batches
+    from preprocess import list_images
 
     paths = list_images(args.folder)[: args.limit]
     if not paths:
@@ -113,24 +112,14 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
     invert = True if args.force_invert else None
     progress = tqdm(total=len(paths), unit="img", desc="read", disable=args.quiet or None,
                     file=sys.stderr)
-    for start in range(0, len(paths), args.batch_size):
-        batch_paths, batch = [], []
-        chunk = paths[start:start + args.batch_size]
-        images = load_and_preprocess_many(chunk, spec.auto_crop, spec.color_distance, invert,
-                                          args.strong)
-        for path, image in zip(chunk, images):
-            if isinstance(image, ImageReadError):
-                skipped += 1
-                print(f"skipped: {image}", file=sys.stderr)
-            else:
-                batch.append(image)
-                batch_paths.append(path)
-        if batch:
-            texts, confidences = predict_texts(model, np.stack(batch), spec, len(batch),
-                                               args.beam_width)
-            results += [{"path": str(p), "prediction": t, "confidence": c}
-                        for p, t, c in zip(batch_paths, texts, confidences)]
-        progress.update(len(chunk))
+    for read, texts, confidences, errors in read_batches(model, spec, paths, args.batch_size,
+                                                         args.beam_width, invert, args.strong):
+        for error in errors:
+            print(f"skipped: {error}", file=sys.stderr)
+        skipped += len(errors)
+        results += [{"path": str(p), "prediction": t, "confidence": c}
+                    for p, t, c in zip(read, texts, confidences)]
+        progress.update(len(read) + len(errors))
     progress.close()
     if not results:
         raise ValueError(f"none of the {len(paths)} images in {args.folder} could be read")
