@@ -157,3 +157,19 @@ def test_training_cache_stays_out_of_read_only_data(tmp_path):
         assert cache_dir_for(tmp_path).parent == Path(tempfile.gettempdir())
     finally:
         tmp_path.chmod(0o755)
+
+
+def test_read_files_names_an_unreadable_file_and_read_batches_skips_it(tiny_model, captcha_dir, tmp_path):
+    from model import load_reader, read_batches, read_files
+    from preprocess import ImageReadError
+
+    bad = tmp_path / "zzzzz.png"
+    bad.write_bytes(b"not an image")
+    paths = sorted(captcha_dir.glob("*.png"))[:5] + [bad]
+    model, spec = load_reader(tiny_model)
+    with pytest.raises(ImageReadError, match="zzzzz.png"):
+        read_files(model, spec, paths)
+    batches = list(read_batches(model, spec, paths, batch_size=4))
+    assert [len(read) for read, _, _, _ in batches] == [4, 1]
+    assert [len(errors) for _, _, _, errors in batches] == [0, 1]
+    assert sum(len(texts) for _, texts, _, _ in batches) == 5
