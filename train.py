@@ -248,8 +248,12 @@ def main(argv: list[str] | None = None) -> int:
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
     print(f"data: {data_dir}: {scan.summary()}; using {len(paths)}")
+    source = ""
+    if args.data_dir and not args.charset:
+        kept = init_spec is not None and spec.charset == init_spec.charset
+        source = "  (from --init-from; --charset narrows it)" if kept else "  (from the labels)"
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
-          + ("  (from the labels)" if args.data_dir and not args.charset else ""))
+          + source)
 
     images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec.auto_crop,
                                     spec.color_distance)
