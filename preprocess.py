@@ -248,8 +248,8 @@ def preprocess_image(
 ) -> np.ndarray:
     """Grey or RGB image -> (50, 200, 1) float32 in [0, 1], dark text on a light background.
 
-    Resize keeps the aspect ratio and pads with the background level (white for a
-    colour-distance map), so glyphs are never stretched; CLAHE evens out contrast.
+    Resize keeps the aspect ratio and pads with the background level (a colour-distance
+    map's white, or black if inverted), so glyphs are never stretched; CLAHE evens out contrast.
     `invert=None` flips images whose background is darker than mid-grey (never a
     colour-distance map, dark on light by construction), so all styles reach the model with
     the same polarity. `strong` thickens thin strokes. `auto_crop` first cuts the image to
@@ -278,7 +278,11 @@ def preprocess_image(
     new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(gray, (new_w, new_h), interpolation=interpolation)
-    canvas = np.full((IMG_HEIGHT, IMG_WIDTH), 255 if color_distance else background_level(gray), np.uint8)
+    if color_distance:  # the map's background is white by construction, black once inverted
+        pad = 0 if invert else 255
+    else:
+        pad = background_level(gray)
+    canvas = np.full((IMG_HEIGHT, IMG_WIDTH), pad, dtype=np.uint8)
     top, left = (IMG_HEIGHT - new_h) // 2, (IMG_WIDTH - new_w) // 2
     canvas[top: top + new_h, left: left + new_w] = resized
     if stages is not None:
