@@ -130,21 +130,27 @@ def ctc_loss(y_true, y_pred):
 def decode_predictions(probs, spec: LabelSpec, beam_width: int = 1) -> tuple[list[str], list[float]]:
     """Per-step probabilities -> (texts, best-path probabilities).
 
-    beam_width 1 is greedy decoding; larger values use CTC beam search.
+    beam_width 1 is greedy decoding: the most likely symbol per step, repeats merged, blanks
+    dropped; done in NumPy, since TensorFlow's decoder costs more per call than a whole
+    one-image prediction needs. Larger widths use CTC beam search.
     """
-    batch, steps = probs.shape[0], probs.shape[1]
-    log_probs = ops.log(ops.clip(ops.convert_to_tensor(probs), 1e-8, 1.0))
-    lengths = ops.full((batch,), steps, dtype="int32")
+    probs = np.asarray(probs)
     if beam_width > 1:
+        batch, steps = probs.shape[0], probs.shape[1]
+        log_probs = ops.log(ops.clip(ops.convert_to_tensor(probs), 1e-8, 1.0))
+        lengths = ops.full((batch,), steps, dtype="int32")
         decoded, scores = ops.ctc_decode(log_probs, lengths, strategy="beam_search",
                                          beam_width=beam_width, top_paths=1)
-        path_log_prob = ops.convert_to_numpy(scores)[:, 0]
+        rows = ops.convert_to_numpy(decoded)[0]
+        path_probs = np.exp(ops.convert_to_numpy(scores)[:, 0])
     else:
-        decoded, scores = ops.ctc_decode(log_probs, lengths, strategy="greedy")
-        path_log_prob = -ops.convert_to_numpy(scores)[:, 0]
-    decoded = ops.convert_to_numpy(decoded)[0]
-    texts = [spec.decode(row) for row in decoded]
-    return texts, [float(np.clip(np.exp(p), 0.0, 1.0)) for p in path_log_prob]
+        best = probs.argmax(axis=-1)
+        first_of_run = np.ones_like(best, dtype=bool)
+        first_of_run[:, 1:] = best[:, 1:] != best[:, :-1]
+        rows = np.where(first_of_run, best, 0)  # 0 is the blank, which decode drops
+        path_probs = np.exp(np.log(np.clip(probs.max(axis=-1), 1e-8, 1.0)).sum(axis=-1))
+    texts = [spec.decode(row) for row in rows]
+    return texts, [float(np.clip(p, 0.0, 1.0)) for p in path_probs]
 
 
 class ModelLoadError(ValueError):

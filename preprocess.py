@@ -14,6 +14,7 @@ import string
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
@@ -310,7 +311,9 @@ def load_and_preprocess_many(paths: list[Path], auto_crop: bool = False, color_d
 
     An unreadable file gives its ImageReadError in its place, so the caller decides whether to
     skip it or stop. Threads suffice (Pillow's decoders and OpenCV release the GIL) and cost
-    far less to start than processes: 1.7x faster than one file at a time on 2 cores.
+    far less to start than processes: 1.7x faster than one file at a time on 2 cores. One
+    file is read in the calling thread; batches share one pool that lives as long as the
+    process, so no call pays to start threads.
     """
     def load_one(path: Path) -> np.ndarray | ImageReadError:
         try:
@@ -318,8 +321,14 @@ def load_and_preprocess_many(paths: list[Path], auto_crop: bool = False, color_d
         except ImageReadError as err:
             return err
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        return list(pool.map(load_one, paths))
+    if len(paths) == 1:
+        return [load_one(paths[0])]
+    return list(_thread_pool().map(load_one, paths))
+
+
+@lru_cache(maxsize=1)
+def _thread_pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=os.cpu_count())
 
 
 @dataclass

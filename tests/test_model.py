@@ -51,6 +51,18 @@ def test_greedy_decoding_collapses_repeats_and_reports_path_probability():
     assert beam_texts == ["xxy"] and 0 < beam_conf[0] <= 1
 
 
+def test_greedy_decoding_matches_the_keras_ctc_decoder():
+    spec = LabelSpec("abcdef", 1, 6)
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(32, 12, spec.num_classes)) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    decoded, scores = keras.ops.ctc_decode(np.log(probs), np.full(32, 12), strategy="greedy")
+    expected = [spec.decode(row) for row in keras.ops.convert_to_numpy(decoded)[0]]
+    texts, conf = decode_predictions(probs, spec)
+    assert texts == expected and len(set(texts)) > 20
+    assert np.allclose(conf, np.exp(-keras.ops.convert_to_numpy(scores)[:, 0]), rtol=1e-4)
+
+
 def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir):
     # Plain keras loading, safe mode on: no Lambda layer, no custom code needed.
     plain = keras.saving.load_model(tiny_model, safe_mode=True, compile=False)
