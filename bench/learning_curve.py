@@ -83,6 +83,7 @@ def main() -> int:
     parser.add_argument("--auto-crop", action="store_true", help="pass --auto-crop to train.py")
     parser.add_argument("--color-distance", action="store_true",
                         help="pass --color-distance to train.py")
+    parser.add_argument("--no-augment", action="store_true", help="pass --no-augment to train.py")
     parser.add_argument("--base-model", default=str(BASE_MODEL), help="model to fine-tune from")
     parser.add_argument("--append", action="store_true",
                         help="keep the results already in the output JSON (resume or extend)")
@@ -92,7 +93,8 @@ def main() -> int:
 
     sets = [REALDATA_DIR / s for s in args.sets] if args.sets else sorted(
         d for d in REALDATA_DIR.iterdir() if (d / "SOURCE.md").exists())
-    extra = ["--auto-crop"] * args.auto_crop + ["--color-distance"] * args.color_distance
+    extra = (["--auto-crop"] * args.auto_crop + ["--color-distance"] * args.color_distance
+             + ["--no-augment"] * args.no_augment)
     output = Path(args.out + ".json")
     results = json.loads(output.read_text()) if args.append and output.exists() else []
     with tempfile.TemporaryDirectory() as tmp:
