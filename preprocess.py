@@ -219,6 +219,12 @@ def background_level(gray: np.ndarray) -> int:
     return int(np.median(border))
 
 
+def needs_inversion(gray: np.ndarray, color_distance: bool = False) -> bool:
+    """Light text on a dark background, which preprocessing flips so that every style reaches
+    the model dark on light. Never a colour-distance map: dark ink on white by construction."""
+    return not color_distance and background_level(gray) < 128
+
+
 def text_box(gray: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
     """The box (rows, columns) of pixels that differ clearly from the background.
 
@@ -271,7 +277,7 @@ def preprocess_image(
     if stages is not None:
         stages["1_gray"] = gray
     if invert is None:
-        invert = not color_distance and background_level(gray) < 128
+        invert = needs_inversion(gray, color_distance)
     if invert:
         gray = 255 - gray
     h, w = gray.shape

@@ -58,12 +58,12 @@ def image_variants(image, spec, args) -> dict:
     """Preprocessed versions of one image to try; the most confident reading wins."""
     from functools import partial
 
-    from preprocess import background_level, preprocess_image
+    from preprocess import needs_inversion, preprocess_image
 
     prepare = partial(preprocess_image, color_distance=spec.color_distance)
-    # A colour-distance map is dark ink on white whatever the polarity: no inverted variant.
-    invert = args.force_invert or (not spec.color_distance and background_level(image) < 128)
+    invert = args.force_invert or needs_inversion(image, spec.color_distance)
     variants = {"plain": prepare(image, spec.auto_crop, invert, args.strong)}
+    # A colour-distance map is dark ink on white whatever the polarity: no inverted variant.
     if not args.force_invert and not spec.color_distance:
         variants["inverted"] = prepare(image, spec.auto_crop, not invert, args.strong)
     if not args.strong:
