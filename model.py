@@ -1,7 +1,7 @@
 """The CRNN: a small CNN reads the image, two BiLSTMs read the columns, CTC aligns.
 
-Image (50, 200, 1) -> CNN (strided stem, 8x downsampling; optional refine blocks for hard
-styles) -> height folded into features -> 25 time steps of 8 pixels each -> 2 x BiLSTM
+Image (50, 200, 1) -> CNN (strided stem, 8x downsampling) -> height folded into features
+-> 25 time steps of 8 pixels each -> 2 x BiLSTM
 -> per-step softmax over the symbols + the CTC blank (index 0).
 
 The saved model maps image -> per-step probabilities and contains only built-in
@@ -61,24 +61,7 @@ def conv_block(x, filters: int, name: str, strides: int = 1):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def refine_block(x, name: str):
-    """Two separable 3x3 convolutions added back onto their input, at the CNN's final 6 x 25 grid.
-
-    Each block widens the receptive field by 32 pixels (a whole rotated symbol and its
-    neighbours) for few weights and little compute. The last BatchNorm starts at zero, so a
-    block added to a trained model (`deepened`) starts as the identity: the model keeps what
-    it learned and only gains.
-    """
-    filters = x.shape[-1]
-    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}a_conv")(x)
-    y = layers.BatchNormalization(name=f"{name}a_bn")(y)
-    y = layers.ReLU(name=f"{name}a_relu")(y)
-    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}b_conv")(y)
-    y = layers.BatchNormalization(gamma_initializer="zeros", name=f"{name}b_bn")(y)
-    return layers.ReLU(name=f"{name}_relu")(layers.Add(name=f"{name}_add")([x, y]))
-
-
-def build_model(spec: LabelSpec, dropout: float = 0.2, refine_blocks: int = 0) -> keras.Model:
+def build_model(spec: LabelSpec, dropout: float = 0.2) -> keras.Model:
     """The inference model: image -> (time_steps, num_classes) probabilities.
 
     Speed comes from shape, not kernels: a strided first convolution and few channels
@@ -97,8 +80,6 @@ def build_model(spec: LabelSpec, dropout: float = 0.2, refine_blocks: int = 0) -
     x = conv_block(x, CONV_FILTERS[2], "block3")
     x = conv_block(x, CONV_FILTERS[3], "block4")
     x = layers.MaxPooling2D(2, name="pool3")(x)  # 6 x 25
-    for i in range(refine_blocks):
-        x = refine_block(x, f"refine{i + 1}")
     # (H, W, C) -> (W, H * C): each time step sees one whole column band.
     x = layers.Permute((2, 1, 3), name="width_first")(x)
     x = layers.Reshape((steps, -1), name="columns")(x)
@@ -129,23 +110,6 @@ def replace_output_layer(model: keras.Model, old_spec: LabelSpec, spec: LabelSpe
         kernel[:, new_i], bias[new_i] = old_kernel[:, old_i], old_bias[old_i]
     head.set_weights([kernel, bias])
     return new_model
-
-
-def refine_blocks_in(model: keras.Model) -> int:
-    return sum(layer.name.startswith("refine") and layer.name.endswith("_add") for layer in model.layers)
-
-
-def deepened(model: keras.Model, spec: LabelSpec, refine_blocks: int) -> keras.Model:
-    """`model` with `refine_blocks` refine blocks in all: every layer it has keeps its weights,
-    the new blocks start as the identity, so a pretrained reader grows without forgetting."""
-    have = refine_blocks_in(model)
-    if refine_blocks < have:
-        raise ValueError(f"the model already has {have} refine blocks; cannot remove them")
-    grown = build_model(spec, refine_blocks=refine_blocks)
-    for layer in grown.layers:
-        if layer.weights and any(old.name == layer.name for old in model.layers):
-            layer.set_weights(model.get_layer(layer.name).get_weights())
-    return grown
 
 
 @keras.saving.register_keras_serializable(package="captcha_crnn")

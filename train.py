@@ -23,8 +23,8 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from model import (ModelLoadError, build_model, ctc_loss, deepened, fit_calibration,  # noqa: I001
-                   load_reader, predict_texts, refine_blocks_in, replace_output_layer, save_reader)
+from model import (ModelLoadError, build_model, ctc_loss, fit_calibration, load_reader,  # noqa: I001
+                   predict_texts, replace_output_layer, save_reader)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -67,9 +67,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "brightness (symbols in colours as bright as their background)")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
-    p.add_argument("--refine-blocks", type=int, help="residual blocks on the CNN's final grid "
-                   "(default 0, or as many as the --init-from model has; more are added to it as "
-                   "the identity): wider receptive field for hard styles such as multicolorcaptcha")
     p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
                    "contrast and noise on training images")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation")
@@ -79,8 +76,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.epochs < 1 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
         p.error("--epochs and --batch-size must be positive, --limit at least 3")
-    if (args.refine_blocks or 0) < 0:
-        p.error("--refine-blocks cannot be negative")
     return args
 
 
@@ -227,7 +222,7 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
             "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
-            "refine_blocks", "val_fraction", "test_fraction", "patience")
+            "val_fraction", "test_fraction", "patience")
 
 
 def run_fingerprint(args: argparse.Namespace) -> str:
@@ -286,14 +281,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"resuming after epoch {initial_epoch} from {state_dir}")
     else:
         if init_model is None:
-            model = build_model(spec, refine_blocks=args.refine_blocks or 0)
-        else:
+            model = build_model(spec)
+        elif init_spec.charset == spec.charset:
             model = init_model
-            if args.refine_blocks is not None and args.refine_blocks != refine_blocks_in(model):
-                model = deepened(model, init_spec, args.refine_blocks)
-                print(f"added refine blocks to the --init-from model: {args.refine_blocks} in all")
-            if init_spec.charset != spec.charset:
-                model = replace_output_layer(model, init_spec, spec)
+        else:
+            model = replace_output_layer(init_model, init_spec, spec)
         model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
 
     train_ds = make_dataset(images, encoded, train_i, batch_size, True, not args.no_augment, args.seed)
