@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from generate import _multicolor_generator, draw_multicolorcaptcha, synthetic_labels  # noqa: E402
+from metrics import score  # noqa: E402
 from model import load_reader, read_files  # noqa: E402
-
-CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
 
 def draw_recording_fonts(labels: list[str], folder: Path, seed: int) -> tuple[list[Path], list[list[str]]]:
@@ -56,17 +55,17 @@ def draw_recording_fonts(labels: list[str], folder: Path, seed: int) -> tuple[li
     return paths, fonts
 
 
-def look_alike_pairs(font_path: str, size: int = 40, threshold: float = 0.93) -> list[str]:
+def look_alike_pairs(font_path: str, charset: str, size: int = 40, threshold: float = 0.93) -> list[str]:
     """Symbol pairs the font draws nearly the same (binary glyphs, IoU above threshold)."""
     font = ImageFont.truetype(font_path, size)
     masks = {}
-    for symbol in CHARSET:
+    for symbol in charset:
         image = Image.new("L", (2 * size, 2 * size), 0)
         ImageDraw.Draw(image).text((size // 4, size // 8), symbol, fill=255, font=font)
         masks[symbol] = np.asarray(image) > 60
     pairs = []
-    for i, a in enumerate(CHARSET):
-        for b in CHARSET[i + 1:]:
+    for i, a in enumerate(charset):
+        for b in charset[i + 1:]:
             union = (masks[a] | masks[b]).sum()
             if union and (masks[a] & masks[b]).sum() / union > threshold:
                 pairs.append(a + b)
@@ -82,7 +81,8 @@ def main() -> int:
     args = parser.parse_args()
 
     model, spec = load_reader(args.model)
-    labels = synthetic_labels(args.count, args.seed, 4, CHARSET)
+    # Labels the model can read: its own charset and longest length (4 of A-Z 0-9, as the set).
+    labels = synthetic_labels(args.count, args.seed, spec.max_length, spec.charset)
     with tempfile.TemporaryDirectory() as tmp:
         paths, fonts = draw_recording_fonts(labels, Path(tmp), args.seed)
         texts, _ = read_files(model, spec, paths)
@@ -91,13 +91,13 @@ def main() -> int:
         for position, font in enumerate(symbol_fonts):
             seen[font] += 1
             right[font] += len(text) == len(label) and text[position] == label[position]
-    exact = np.mean([t == s for t, s in zip(texts, labels)])
+    exact = score(texts, labels)["exact_match"]
     print(f"{args.count} images, exact match {exact:.4f}, symbols read right "
           f"{sum(right.values()) / sum(seen.values()):.4f}")
     font_files = {Path(f).stem: f for f in _multicolor_generator().l_fonts}
     print(f"{'font':32s} {'symbols':>7s} {'right':>6s}  near-identical pairs")
     for font in sorted(seen, key=lambda f: right[f] / seen[f]):
-        pairs = " ".join(look_alike_pairs(font_files[font]))
+        pairs = " ".join(look_alike_pairs(font_files[font], spec.charset))
         print(f"{font:32s} {seen[font]:7d} {right[font] / seen[font]:6.3f}  {pairs}")
     return 0
 
