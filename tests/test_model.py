@@ -12,7 +12,7 @@ import pytest
 import train
 from model import (build_model, ctc_loss, decode_predictions, load_reader, predict_texts,
                    replace_output_layer, time_steps)
-from preprocess import DEFAULT_CHARSET, LabelSpec, load_and_preprocess
+from preprocess import DEFAULT_CHARSET, LabelSpec, label_from_path, load_and_preprocess
 
 
 def test_build_checks_time_steps_against_label_length():
@@ -150,6 +150,37 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
     assert "resuming after epoch 1" in out
     assert (tmp_path / "crnn_ctc_final.keras").exists()
     assert not list(state_root.glob("*/state.keras"))
+
+
+def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
+    """--fresh-images: every epoch trains on images generated for it (label seed + epoch),
+    the source the batches come from holds them, and the generated folders are removed."""
+    generated, trained_on = [], []
+    generate = train.generate_captchas
+
+    def record_generation(folder, count, seed, **kwargs):
+        paths = generate(folder, count, seed=seed, **kwargs)
+        generated.append((seed, [label_from_path(p) for p in paths]))
+        return paths
+
+    load = train.FreshImages.load
+
+    def record_source(self, epoch):
+        load(self, epoch)
+        trained_on.append([self.spec.decode(row) for row in self.source.labels])
+
+    monkeypatch.setattr(train, "generate_captchas", record_generation)
+    monkeypatch.setattr(train.FreshImages, "load", record_source)
+    args = ["--data-dir", str(captcha_dir), "--fresh-images", "40", "--fresh-seed", "7",
+            "--epochs", "2", "--batch-size", "16", "--charset", DEFAULT_CHARSET, "--out", str(tmp_path)]
+    assert train.main(args) == 0
+    assert [seed for seed, _ in generated] == [7, 8]
+    assert [labels for _, labels in generated] == [trained_on[0], trained_on[-1]]
+    assert generated[0][1] != generated[1][1] and len(generated[0][1]) == 40
+    assert not set(generated[0][1]) & {label_from_path(p) for p in captcha_dir.glob("*.png")}
+    assert not (tmp_path / ".fresh").exists() or not any((tmp_path / ".fresh").iterdir())
+    metrics = json.loads((tmp_path / "crnn_ctc_final.metrics.json").read_text())
+    assert metrics["train_images"] == 40 and metrics["epochs_run"] == 2
 
 
 def test_calibration_maps_path_probability_to_answer_accuracy():
