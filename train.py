@@ -21,7 +21,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from model import (ModelLoadError, build_model, ctc_loss, fit_calibration, load_reader,  # noqa: I001
@@ -148,16 +148,19 @@ def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(images + noise, 0.0, 1.0)
 
 
-@dataclass
 class ImageSource:
     """Preprocessed uint8 images (N, H, W), usually memory-mapped, and their encoded labels.
 
     Batches are gathered from whatever the source holds when they are drawn, so fresh-image
-    epochs swap in new images without rebuilding the input pipeline.
+    epochs swap in new images without rebuilding the input pipeline. Images and labels are
+    replaced in one assignment: a batch never pairs new images with old labels.
     """
 
-    images: np.ndarray
-    labels: np.ndarray
+    def __init__(self, images: np.ndarray, labels: np.ndarray):
+        self.arrays = (images, labels)
+
+    def swap(self, images: np.ndarray, labels: np.ndarray) -> None:
+        self.arrays = (images, labels)
 
 
 def make_dataset(source: ImageSource, indices: np.ndarray, batch_size: int,
@@ -171,11 +174,11 @@ def make_dataset(source: ImageSource, indices: np.ndarray, batch_size: int,
     if training:
         ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    height, width = source.images.shape[1:]
-    label_width = source.labels.shape[1]
+    height, width = source.arrays[0].shape[1:]
+    label_width = source.arrays[1].shape[1]
 
     def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        images, labels = source.images, source.labels  # one consistent pair, even mid-swap
+        images, labels = source.arrays
         return np.asarray(images[np.sort(idx)]), labels[np.sort(idx)]
 
     def load(idx):
@@ -237,8 +240,7 @@ class FreshImages(keras.callbacks.Callback):
                                         self.spec.color_distance)
         if not ok.all():
             raise RuntimeError(f"{folder}: the generator wrote {int((~ok).sum())} unreadable images")
-        self.source.images = images
-        self.source.labels = np.stack([self.spec.encode(label_from_path(p)) for p in paths])
+        self.source.swap(images, np.stack([self.spec.encode(label_from_path(p)) for p in paths]))
         if self.loaded_epoch is not None:
             shutil.rmtree(self.root / f"epoch{self.loaded_epoch + 1}", ignore_errors=True)
         self.loaded_epoch = epoch

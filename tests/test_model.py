@@ -167,7 +167,7 @@ def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
 
     def record_source(self, epoch):
         load(self, epoch)
-        trained_on.append([self.spec.decode(row) for row in self.source.labels])
+        trained_on.append([self.spec.decode(row) for row in self.source.arrays[1]])
 
     monkeypatch.setattr(train, "generate_captchas", record_generation)
     monkeypatch.setattr(train.FreshImages, "load", record_source)
