@@ -81,11 +81,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="generator of the fresh images (see generate.py)")
     p.add_argument("--fresh-seed", type=int, default=1000, help="label seed of the first fresh "
                    "epoch; give chained runs different ones so that no image repeats")
+    p.add_argument("--dropout", type=float, help="rate of the model's dropout layers (default: 0.2 "
+                   "for a new model, the loaded model's own with --init-from); 0 suits --fresh-images, "
+                   "where no image repeats and a small model needs all of itself to fit the generator")
     args = p.parse_args(argv)
     if args.epochs < 1 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
         p.error("--epochs and --batch-size must be positive, --limit at least 3")
     if args.fresh_images is not None and args.fresh_images < 1:
         p.error("--fresh-images must be positive")
+    if args.dropout is not None and not 0 <= args.dropout < 1:
+        p.error("--dropout must be in [0, 1)")
     return args
 
 
@@ -290,7 +295,8 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
             "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
-            "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed")
+            "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed",
+            "dropout")
 
 
 def run_fingerprint(args: argparse.Namespace) -> str:
@@ -361,6 +367,10 @@ def main(argv: list[str] | None = None) -> int:
             model = init_model
         else:
             model = replace_output_layer(init_model, init_spec, spec)
+        if args.dropout is not None:
+            for layer in model.layers:
+                if isinstance(layer, keras.layers.Dropout):
+                    layer.rate = args.dropout  # read when the training step is traced, in fit
         model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
 
     if fresh and initial_epoch < args.epochs:

@@ -154,7 +154,8 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
 
 def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
     """--fresh-images: every epoch trains on images generated for it (label seed + epoch),
-    the source the batches come from holds them, and the generated folders are removed."""
+    the source the batches come from holds them, and the generated folders are removed;
+    --dropout sets the rate of the model's dropout layers."""
     generated, trained_on = [], []
     generate = train.generate_captchas
 
@@ -171,7 +172,7 @@ def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "generate_captchas", record_generation)
     monkeypatch.setattr(train.FreshImages, "load", record_source)
-    args = ["--data-dir", str(captcha_dir), "--fresh-images", "40", "--fresh-seed", "7",
+    args = ["--data-dir", str(captcha_dir), "--fresh-images", "40", "--fresh-seed", "7", "--dropout", "0",
             "--epochs", "2", "--batch-size", "16", "--charset", DEFAULT_CHARSET, "--out", str(tmp_path)]
     assert train.main(args) == 0
     assert [seed for seed, _ in generated] == [7, 8]
@@ -181,6 +182,8 @@ def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
     assert not (tmp_path / ".fresh").exists() or not any((tmp_path / ".fresh").iterdir())
     metrics = json.loads((tmp_path / "crnn_ctc_final.metrics.json").read_text())
     assert metrics["train_images"] == 40 and metrics["epochs_run"] == 2
+    model, _ = load_reader(tmp_path / "crnn_ctc_final.keras")
+    assert {layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)} == {0.0}
 
 
 def test_calibration_maps_path_probability_to_answer_accuracy():
