@@ -112,6 +112,20 @@ def replace_output_layer(model: keras.Model, old_spec: LabelSpec, spec: LabelSpe
     return new_model
 
 
+def with_dropout(model: keras.Model, rate: float) -> keras.Model:
+    """The same model with every dropout layer at `rate`; all weights carry over (dropout has
+    none). New layers rather than a changed rate: a layer made with rate 0 has no random
+    generator and cannot start dropping later."""
+    def clone(layer):
+        if isinstance(layer, layers.Dropout):
+            return layers.Dropout(rate, name=layer.name)
+        return layer.__class__.from_config(layer.get_config())
+
+    new_model = keras.models.clone_model(model, clone_function=clone)
+    new_model.set_weights(model.get_weights())
+    return new_model
+
+
 @keras.saving.register_keras_serializable(package="captcha_crnn")
 def ctc_loss(y_true, y_pred):
     """CTC loss for padded labels: y_true holds 1-based symbols, 0 marks padding.

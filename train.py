@@ -25,7 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from model import (ModelLoadError, build_model, ctc_loss, fit_calibration, load_reader,  # noqa: I001
-                   predict_texts, replace_output_layer, save_reader)
+                   predict_texts, replace_output_layer, save_reader, with_dropout)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -368,9 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             model = replace_output_layer(init_model, init_spec, spec)
         if args.dropout is not None:
-            for layer in model.layers:
-                if isinstance(layer, keras.layers.Dropout):
-                    layer.rate = args.dropout  # read when the training step is traced, in fit
+            model = with_dropout(model, args.dropout)
         model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
 
     if fresh and initial_epoch < args.epochs:

@@ -11,7 +11,7 @@ import pytest
 
 import train
 from model import (build_model, ctc_loss, decode_predictions, load_reader, predict_texts,
-                   replace_output_layer, time_steps)
+                   replace_output_layer, time_steps, with_dropout)
 from preprocess import DEFAULT_CHARSET, LabelSpec, label_from_path, load_and_preprocess
 
 
@@ -150,6 +150,21 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
     assert "resuming after epoch 1" in out
     assert (tmp_path / "crnn_ctc_final.keras").exists()
     assert not list(state_root.glob("*/state.keras"))
+
+
+def test_dropout_can_be_turned_off_and_on_again_keeping_the_weights():
+    spec = LabelSpec()
+    model = build_model(spec)
+    images = np.random.default_rng(0).uniform(size=(2, spec.img_height, spec.img_width, 1))
+    for rate in (0.0, 0.3):
+        model = with_dropout(model, rate)
+        assert {layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)} == {rate}
+        before = model.predict_on_batch(images)
+        model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ctc_loss)
+        model.fit(images, np.stack([spec.encode("aB3xQ")] * 2), epochs=1, verbose=0)  # trains
+        assert not np.allclose(model.predict_on_batch(images), before)
+    clone = with_dropout(model, 0.1)
+    np.testing.assert_allclose(clone.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5)
 
 
 def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
