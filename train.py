@@ -339,19 +339,20 @@ def main(argv: list[str] | None = None) -> int:
         raise ValueError(f"label indices out of range 0..{spec.num_classes - 1}")
     train_i, val_i, test_i = (usable[i] for i in split_dataset(
         len(usable), args.val_fraction, args.test_fraction, args.seed))
+    fingerprint = run_fingerprint(args)
     data = ImageSource(images, encoded)
     train_source, fresh = data, None
     if args.fresh_images:
         train_source = ImageSource(images, encoded)  # replaced by fresh.load before training
         fresh = FreshImages(train_source, spec, args.fresh_images, args.fresh_style,
-                            args.fresh_seed, out_dir / ".fresh" / run_fingerprint(args))
+                            args.fresh_seed, out_dir / ".fresh" / fingerprint)
         train_i = np.arange(args.fresh_images)
     batch_size = args.batch_size or (64 if len(train_i) >= SMALL_DATA else 16)
     print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(val_i)} "
           f"validation, {len(test_i)} test; batch size {batch_size}")
 
     lr = args.lr or (3e-4 if init_model is not None else 1e-3)
-    state_dir = out_dir / ".resume" / run_fingerprint(args)
+    state_dir = out_dir / ".resume" / fingerprint
     best_path = out_dir / f"{args.name}_best.keras"
     final_path = out_dir / f"{args.name}_final.keras"
     initial_epoch, best = 0, np.inf

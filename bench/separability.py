@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 from preprocess import IMG_HEIGHT  # noqa: E402
 
+GENERATOR_HEIGHT = 70  # ImageCaptcha(width=200, height=70), read at IMG_HEIGHT rows
+GLYPH_BOX = (48, 40)  # rows, columns around a glyph's ink centre, at the reader's scale
 PAIRS = ["cC", "oO", "sS", "vV", "wW", "xX", "zZ", "uU", "kK", "pP", "0O", "0o", "1l", "lI", "1I",
          "9g", "5S", "2Z", "8B", "qg"]
 
@@ -52,10 +54,6 @@ def difference(a: Image.Image, b: Image.Image) -> float:
     """Mean absolute difference (0..1) of the two glyphs resized to a common box."""
     size = (32, 48)
     return float(np.abs(np.asarray(a.resize(size), float) - np.asarray(b.resize(size), float)).mean() / 255)
-
-
-GENERATOR_HEIGHT = 70  # ImageCaptcha(width=200, height=70), read at IMG_HEIGHT rows
-GLYPH_BOX = (48, 40)  # rows, columns around a glyph's ink centre, at the reader's scale
 
 
 def drawn_glyph(generator: ImageCaptcha, symbol: str, rng: np.random.Generator) -> np.ndarray:
