@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from preprocess import (DEFAULT_CHARSET, IMG_HEIGHT, IMG_WIDTH, ImageReadError, LabelSpec,
-                        infer_spec, label_from_path, load_and_preprocess, load_and_preprocess_many,
+                        column_background, infer_spec, label_from_path, load_and_preprocess, load_and_preprocess_many,
                         preprocess_image, preprocessed_cache, read_image, scan_labelled_folder,
                         split_dataset)
 
@@ -115,6 +115,21 @@ def test_color_distance_keeps_thick_strokes_solid_between_dark_margins():
     assert ink[60 - top, 41:53].max() < 128  # the bar's middle is ink, not a hollow outline
     assert ink[55 - top, 182] < 128 and ink[55 - top, 150] > 200 and ink[55 - top, 20] > 200
     assert np.median(out) > 0.9  # dark ink on white: the margins did not flip the polarity
+
+
+def test_column_background_is_the_most_common_colour_even_below_half():
+    # Four blocks of columns, each with a background colour on only 40% of its pixels and
+    # random colours (each rarer than the background) on the rest: a median would fail.
+    rng = np.random.default_rng(3)
+    backgrounds = np.array([(200, 60, 60), (70, 200, 230), (20, 20, 20), (240, 240, 240)], np.uint8)
+    image = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    for block, colour in enumerate(backgrounds):
+        for column in range(block * 20, block * 20 + 20):
+            image[rng.permutation(60)[:24], column] = colour
+    expected = np.repeat((backgrounds >> 3).astype(np.float32) * 8 + 4, 20, axis=0)
+    found = column_background(image)
+    inside = np.r_[0:5, 15:25, 35:45, 55:65, 75:80]  # the median window blends block edges
+    assert np.array_equal(found[inside], expected[inside])
 
 
 def test_color_distance_reads_files_in_colour(tmp_path):
