@@ -145,7 +145,8 @@ def read_image(path: str | Path, color: bool = False) -> np.ndarray:
 
 
 def _flatten(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit L or RGB, transparency composited on white."""
+    """Any PIL mode -> one that converts to 8-bit L or RGB correctly: integer greys scaled,
+    transparency composited on white (skipped when every pixel is opaque: nothing changes)."""
     if img.mode.startswith("I"):  # 16- or 32-bit integer greys
         arr = np.asarray(img, dtype=np.float64)
         if arr.max() > 255:
@@ -153,7 +154,7 @@ def _flatten(img: Image.Image) -> Image.Image:
         return Image.fromarray(np.clip(arr, 0, 255).round().astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
+    if img.mode in ("RGBA", "LA") and img.getchannel("A").getextrema()[0] < 255:
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, img.convert("RGBA"))
     return img
