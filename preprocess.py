@@ -86,6 +86,10 @@ class LabelSpec:
         out[: len(label)] = [self.charset.index(c) + 1 for c in label]
         return out
 
+    def encode_all(self, labels: list[str]) -> np.ndarray:
+        """(N, max_length) training targets, one encoded label per row."""
+        return np.stack([self.encode(label) for label in labels])
+
     def decode(self, indices) -> str:
         """Class indices -> text; blanks, padding (0) and -1 are dropped."""
         return "".join(self.charset[i - 1] for i in indices if 0 < i <= len(self.charset))

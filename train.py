@@ -245,7 +245,7 @@ class FreshImages(keras.callbacks.Callback):
                                         self.spec.color_distance)
         if not ok.all():
             raise RuntimeError(f"{folder}: the generator wrote {int((~ok).sum())} unreadable images")
-        self.source.swap(images, np.stack([self.spec.encode(label_from_path(p)) for p in paths]))
+        self.source.swap(images, self.spec.encode_all([label_from_path(p) for p in paths]))
         if self.loaded_epoch is not None:
             shutil.rmtree(self.root / f"epoch{self.loaded_epoch + 1}", ignore_errors=True)
         self.loaded_epoch = epoch
@@ -334,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     if not ok.all():
         print(f"skipped {int((~ok).sum())} unreadable images")
     usable = np.flatnonzero(ok)
-    encoded = np.stack([spec.encode(s) for s in labels])
+    encoded = spec.encode_all(labels)
     if encoded.min() < 0 or encoded.max() >= spec.num_classes:
         raise ValueError(f"label indices out of range 0..{spec.num_classes - 1}")
     train_i, val_i, test_i = (usable[i] for i in split_dataset(

@@ -113,7 +113,7 @@ def test_training_lowers_the_loss(captcha_dir):
     spec = LabelSpec()
     paths = sorted(captcha_dir.glob("*.png"))[:16]
     x = np.stack([load_and_preprocess(p) for p in paths])
-    y = np.stack([spec.encode(p.stem.split("_")[0]) for p in paths])
+    y = spec.encode_all([p.stem.split("_")[0] for p in paths])
     keras.utils.set_random_seed(0)
     model = build_model(spec)
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ctc_loss)
@@ -161,7 +161,7 @@ def test_dropout_can_be_turned_off_and_on_again_keeping_the_weights():
         assert {layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)} == {rate}
         before = model.predict_on_batch(images)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=ctc_loss)
-        model.fit(images, np.stack([spec.encode("aB3xQ")] * 2), epochs=1, verbose=0)  # trains
+        model.fit(images, spec.encode_all(["aB3xQ"] * 2), epochs=1, verbose=0)  # trains
         assert not np.allclose(model.predict_on_batch(images), before)
     clone = with_dropout(model, 0.1)
     np.testing.assert_allclose(clone.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5)

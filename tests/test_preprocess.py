@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from preprocess import (DEFAULT_CHARSET, IMG_HEIGHT, IMG_WIDTH, ImageReadError, LabelSpec,
-                        column_background, infer_spec, label_from_path, load_and_preprocess, load_and_preprocess_many,
-                        preprocess_image, preprocessed_cache, read_image, scan_labelled_folder,
-                        split_dataset)
+                        column_background, infer_spec, label_from_path, load_and_preprocess,
+                        load_and_preprocess_many, preprocess_image, preprocessed_cache, read_image,
+                        scan_labelled_folder, split_dataset)
 
 
 @pytest.fixture(scope="module")
