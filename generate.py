@@ -158,6 +158,12 @@ def _multicolor_generator():
     return CaptchaGenerator(0)
 
 
+def multicolorcaptcha_settings() -> tuple[bool, int]:
+    """One background per cell or one for all (half each), and a difficulty of 1 to 3 (noise
+    lines and circles), drawn from the global `random` as `gen_captcha_image` draws them."""
+    return random.random() < 0.5, random.randint(1, 3)
+
+
 def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
     """A CAPTCHA as multicolorcaptcha 1.2.0 draws one, but of our label.
 
@@ -172,8 +178,8 @@ def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
     generator = _multicolor_generator()
     random.seed(seed)
     cell = round(generator.captcha_size[0] / 4)
-    multicolor = random.random() < 0.5
-    lines, circles = DIFFICULT_LEVELS_VALUES[random.randint(1, 3)]
+    multicolor, difficulty = multicolorcaptcha_settings()
+    lines, circles = DIFFICULT_LEVELS_VALUES[difficulty]
     background = None if multicolor else generator.gen_rand_color()
     image = generator.images_join_horizontal(
         [generator.gen_captcha_char_image(symbol, (cell, cell), 2, background)["image"]

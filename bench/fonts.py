@@ -1,4 +1,4 @@
-"""Which of multicolorcaptcha's fonts does a model misread?
+"""Which of multicolorcaptcha's fonts and noise levels does a model misread?
 
 The generator draws each symbol in one of its 44 bundled fonts, picked at random. This script
 draws a fresh set as `generate.py --style multicolorcaptcha` does, records the font of every
@@ -6,7 +6,9 @@ symbol, reads the images with the model and prints, per font, how often the symb
 position was read right (answers of the wrong length count as wrong everywhere). It tells
 apart a reader that fails on a few illegible fonts (a bound on exact match) from one that
 fails on all of them (room to learn). It also lists, per font, the symbol pairs whose glyphs
-are near-identical before rotation (intersection over union above 0.93).
+are near-identical before rotation (intersection over union above 0.93). Last, exact match
+per image setting: one background per cell or one for all, and difficulty 1-3 (1-3 noise
+lines, 10-25 circles).
 
     python bench/fonts.py --model saved_model/multicolorcaptcha.keras --count 1500
 """
@@ -25,23 +27,31 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import generate  # noqa: E402
 from generate import _multicolor_generator, draw_multicolorcaptcha, synthetic_labels  # noqa: E402
 from metrics import score  # noqa: E402
 from model import load_reader, read_files  # noqa: E402
 
 
-def draw_recording_fonts(labels: list[str], folder: Path, seed: int) -> tuple[list[Path], list[list[str]]]:
-    """Write the images and return, per image, the font name of each symbol."""
+def draw_recording_fonts(labels: list[str], folder: Path,
+                         seed: int) -> tuple[list[Path], list[list[str]], list[tuple[bool, int]]]:
+    """Write the images and return, per image, the font name of each symbol and the image's
+    settings (one background per cell, difficulty)."""
     generator = _multicolor_generator()
-    pick_font = generator.gen_rand_font
+    pick_font, pick_settings = generator.gen_rand_font, generate.multicolorcaptcha_settings
     chosen: list[str] = []
+    settings: list[tuple[bool, int]] = []
 
     def recording(fonts):
         font = pick_font(fonts)
         chosen.append(Path(font).stem)
         return font
 
-    generator.gen_rand_font = recording
+    def recording_settings() -> tuple[bool, int]:
+        settings.append(pick_settings())
+        return settings[-1]
+
+    generator.gen_rand_font, generate.multicolorcaptcha_settings = recording, recording_settings
     paths, fonts = [], []
     try:
         for i, label in enumerate(labels):
@@ -51,8 +61,8 @@ def draw_recording_fonts(labels: list[str], folder: Path, seed: int) -> tuple[li
             paths.append(path)
             fonts.append(list(chosen))
     finally:
-        generator.gen_rand_font = pick_font
-    return paths, fonts
+        generator.gen_rand_font, generate.multicolorcaptcha_settings = pick_font, pick_settings
+    return paths, fonts, settings
 
 
 def look_alike_pairs(font_path: str, charset: str, size: int = 40, threshold: float = 0.93) -> list[str]:
@@ -84,7 +94,7 @@ def main() -> int:
     # Labels the model can read: its own charset and longest length (4 of A-Z 0-9, as the set).
     labels = synthetic_labels(args.count, args.seed, spec.max_length, spec.charset)
     with tempfile.TemporaryDirectory() as tmp:
-        paths, fonts = draw_recording_fonts(labels, Path(tmp), args.seed)
+        paths, fonts, settings = draw_recording_fonts(labels, Path(tmp), args.seed)
         texts, _ = read_files(model, spec, paths)
     right, seen = Counter(), Counter()
     for label, text, symbol_fonts in zip(labels, texts, fonts):
@@ -99,6 +109,12 @@ def main() -> int:
     for font in sorted(seen, key=lambda f: right[f] / seen[f]):
         pairs = " ".join(look_alike_pairs(font_files[font], spec.charset))
         print(f"{font:32s} {seen[font]:7d} {right[font] / seen[font]:6.3f}  {pairs}")
+    print(f"{'background':12s} {'difficulty':>10s} {'images':>7s} {'exact':>6s}")
+    for setting in sorted(set(settings)):
+        chosen_texts = [(t, s) for t, s, x in zip(texts, labels, settings) if x == setting]
+        exact = score([t for t, _ in chosen_texts], [s for _, s in chosen_texts])["exact_match"]
+        background = "per cell" if setting[0] else "one for all"
+        print(f"{background:12s} {setting[1]:10d} {len(chosen_texts):7d} {exact:6.3f}")
     return 0
 
 
