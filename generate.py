@@ -44,8 +44,11 @@ VARIED_CELL = 56  # pixels per symbol, and the image height, of the varied style
 
 
 def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
-                     charset: str = DEFAULT_CHARSET, min_length: int | None = None) -> list[str]:
-    """`count` labels of `min_length`..`length` symbols drawn uniformly from `charset`."""
+                     charset: str = DEFAULT_CHARSET, min_length: int | None = None,
+                     oversample: str = "", oversample_factor: float = 4.0) -> list[str]:
+    """`count` labels of `min_length`..`length` symbols drawn from `charset`: uniformly, or
+    with each symbol of `oversample` `oversample_factor` times as likely as any other, so a
+    reader sees more of the look-alikes it confuses (0 and O in the default style)."""
     rng = random.Random(seed)
     shortest = min_length or length
 
@@ -53,6 +56,9 @@ def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
         # No draw for a fixed length: the default sets keep the labels their seeds always named.
         return length if shortest == length else rng.randint(shortest, length)
 
+    if oversample:
+        weights = [oversample_factor if symbol in oversample else 1.0 for symbol in charset]
+        return ["".join(rng.choices(charset, weights, k=draw_length())) for _ in range(count)]
     return ["".join(rng.choice(charset) for _ in range(draw_length())) for _ in range(count)]
 
 
@@ -211,8 +217,10 @@ def _write_one(path: str, style: str, seed: int) -> None:
 def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
                       length: int = DEFAULT_LABEL_LENGTH, charset: str = DEFAULT_CHARSET,
                       workers: int | None = None, progress: bool = True,
-                      style: str = "default", min_length: int | None = None) -> list[Path]:
-    """Write `count` CAPTCHAs into `out_dir` (files already there are kept) and list them."""
+                      style: str = "default", min_length: int | None = None,
+                      oversample: str = "", oversample_factor: float = 4.0) -> list[Path]:
+    """Write `count` CAPTCHAs into `out_dir` (files already there are kept) and list them.
+    Labels as `synthetic_labels` draws them."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     if style == "multicolorcaptcha":
@@ -221,7 +229,8 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
     paths = []
-    for label in synthetic_labels(count, seed, length, charset, min_length):
+    for label in synthetic_labels(count, seed, length, charset, min_length, oversample,
+                                  oversample_factor):
         n = seen[label] = seen.get(label, 0) + 1
         paths.append(out_dir / (f"{label}.png" if n == 1 else f"{label}_{n}.png"))
     missing = [str(p) for p in paths if not p.exists()]
@@ -247,14 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--style", choices=STYLES, default="default",
                         help="default: the embedded dataset; varied: many fonts and colours, for "
                              "pretraining; multicolorcaptcha: that package's style (install it first)")
+    parser.add_argument("--oversample", default="", metavar="SYMBOLS",
+                        help="draw these symbols more often than the others (look-alikes a "
+                             "reader confuses, e.g. 0O)")
+    parser.add_argument("--oversample-factor", type=float, default=4.0,
+                        help="how many times as likely each --oversample symbol is (default 4)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.length < 1 or not args.charset:
         parser.error("--count and --length must be positive and --charset non-empty")
+    if not set(args.oversample) <= set(args.charset) or args.oversample_factor <= 0:
+        parser.error("--oversample symbols must be in --charset and --oversample-factor positive")
     if args.min_length is not None and not 1 <= args.min_length <= args.length:
         parser.error("--min-length must be between 1 and --length")
     try:
         paths = generate_captchas(args.out, args.count, args.seed, args.length, args.charset,
-                                  style=args.style, min_length=args.min_length)
+                                  style=args.style, min_length=args.min_length,
+                                  oversample=args.oversample,
+                                  oversample_factor=args.oversample_factor)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -29,6 +29,16 @@ def test_fixed_length_labels_keep_the_names_their_seed_always_gave():
     assert synthetic_labels(20, seed=0, length=5, charset="AB") == expected
 
 
+def test_oversampled_symbols_are_drawn_that_many_times_as_often():
+    labels = synthetic_labels(6000, seed=4, length=5, charset="0OABCDEF", oversample="0O",
+                              oversample_factor=4)
+    counts = {symbol: "".join(labels).count(symbol) for symbol in "0OABCDEF"}
+    others = np.mean([counts[s] for s in "ABCDEF"])
+    assert 3.6 < counts["0"] / others < 4.4 and 3.6 < counts["O"] / others < 4.4
+    assert labels == synthetic_labels(6000, seed=4, length=5, charset="0OABCDEF", oversample="0O",
+                                      oversample_factor=4)
+
+
 def test_varied_style_draws_each_symbol_in_its_own_cell(tmp_path):
     paths = generate_captchas(tmp_path / "a", 24, seed=7, length=6, min_length=4,
                               style="varied", progress=False, workers=2)
@@ -105,3 +115,6 @@ def test_bad_arguments_are_refused(tmp_path, capsys):
         main(["--out", str(tmp_path), "--count", "2", "--min-length", "5", "--length", "4"])
     assert exit_info.value.code != 0
     assert "--min-length" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path), "--count", "2", "--charset", "AB", "--oversample", "0"])
+    assert "--oversample" in capsys.readouterr().err
