@@ -241,11 +241,12 @@ def text_box(gray: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
     whole = (slice(None), slice(None))
     diff = np.abs(gray.astype(np.int16) - background_level(gray)) > 40
     diff = cv2.morphologyEx(diff.astype(np.uint8), cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))
-    if np.count_nonzero(diff) < 20:
+    per_row = np.count_nonzero(diff, axis=1)
+    if per_row.sum() < 20:
         return whole
     # The coordinates of the marked pixels, rebuilt sorted from row and column counts: the
     # same percentiles as np.nonzero's coordinates at a third of the cost.
-    ys = np.repeat(np.arange(diff.shape[0]), np.count_nonzero(diff, axis=1))
+    ys = np.repeat(np.arange(diff.shape[0]), per_row)
     xs = np.repeat(np.arange(diff.shape[1]), np.count_nonzero(diff, axis=0))
     y0, y1 = np.percentile(ys, [0.5, 99.5]).astype(int)
     x0, x1 = np.percentile(xs, [0.5, 99.5]).astype(int)
