@@ -141,29 +141,86 @@ def ctc_loss(y_true, y_pred):
     return ops.ctc_loss(y_true, log_probs, label_length, logit_length, mask_index=0)
 
 
+def best_path_in_length_range(log_probs: np.ndarray, min_length: int,
+                              max_length: int) -> tuple[list[int], float]:
+    """The most likely CTC path whose label has min_length..max_length symbols.
+
+    log_probs: (steps, classes), class 0 the blank. Returns (label as class indices, path
+    log-probability). A Viterbi search over (symbols emitted so far, current class): the
+    greedy path is the unconstrained best path, so this is what greedy decoding becomes when
+    the label length is known. It recovers doubled letters whose separating blank lost
+    narrowly ("MM" read as "M") and symbols lost in overlaps.
+    """
+    steps, classes = log_probs.shape
+    counts = np.arange(max_length + 1)
+    class_ids = np.arange(classes)
+    score = np.full((max_length + 1, classes), -np.inf)
+    score[0, 0] = log_probs[0, 0]
+    score[1, 1:] = log_probs[0, 1:]
+    from_count = np.zeros((steps, max_length + 1, classes), dtype=np.int64)
+    from_class = np.zeros_like(from_count)
+    for t in range(1, steps):
+        new = np.empty_like(score)
+        # A blank keeps the count and may follow anything.
+        best_before = score.argmax(axis=1)
+        new[:, 0] = score[counts, best_before]
+        from_count[t, :, 0], from_class[t, :, 0] = counts, best_before
+        # Symbol c after k - 1 symbols: emitted anew after any other class (blank included),
+        # or c repeated with k symbols already (CTC merges it).
+        before = score[:-1]
+        top_two = np.argsort(before, axis=1)[:, :-3:-1]
+        emit_from = np.where(class_ids == top_two[:, :1], top_two[:, 1:], top_two[:, :1])
+        emit = np.take_along_axis(before, emit_from, axis=1)
+        repeat = score[1:] >= emit
+        new[1:, 1:] = np.maximum(score[1:], emit)[:, 1:]
+        new[0, 1:] = -np.inf
+        from_count[t, 1:, 1:] = np.where(repeat, counts[1:, None], counts[:-1, None])[:, 1:]
+        from_class[t, 1:, 1:] = np.where(repeat, class_ids, emit_from)[:, 1:]
+        score = new + log_probs[t]
+    ends = score[min_length:]
+    count, cls = np.unravel_index(ends.argmax(), ends.shape)
+    count += min_length
+    path_log_prob = float(score[count, cls])
+    label = []
+    for t in range(steps - 1, 0, -1):
+        prev_count, prev_class = from_count[t, count, cls], from_class[t, count, cls]
+        if prev_count < count:
+            label.append(int(cls))
+        count, cls = prev_count, prev_class
+    if cls > 0:
+        label.append(int(cls))
+    return label[::-1], path_log_prob
+
+
 def decode_predictions(probs, spec: LabelSpec, beam_width: int = 1) -> tuple[list[str], list[float]]:
     """Per-step probabilities -> (texts, best-path probabilities).
 
     beam_width 1 is greedy decoding: the most likely symbol per step, repeats merged, blanks
     dropped; done in NumPy, since TensorFlow's decoder costs more per call than a whole
-    one-image prediction needs. Larger widths use CTC beam search.
+    one-image prediction needs. Larger widths use CTC beam search. An answer whose length
+    the spec does not allow is replaced by the best path of an allowed length.
     """
     probs = np.asarray(probs)
+    log_probs = np.log(np.clip(probs, 1e-8, 1.0))
     if beam_width > 1:
         batch, steps = probs.shape[0], probs.shape[1]
-        log_probs = ops.log(ops.clip(ops.convert_to_tensor(probs), 1e-8, 1.0))
         lengths = ops.full((batch,), steps, dtype="int32")
-        decoded, scores = ops.ctc_decode(log_probs, lengths, strategy="beam_search",
-                                         beam_width=beam_width, top_paths=1)
-        rows = ops.convert_to_numpy(decoded)[0]
+        decoded, scores = ops.ctc_decode(ops.convert_to_tensor(log_probs), lengths,
+                                         strategy="beam_search", beam_width=beam_width, top_paths=1)
+        rows = list(ops.convert_to_numpy(decoded)[0])
         path_probs = np.exp(ops.convert_to_numpy(scores)[:, 0])
     else:
         best = probs.argmax(axis=-1)
         first_of_run = np.ones_like(best, dtype=bool)
         first_of_run[:, 1:] = best[:, 1:] != best[:, :-1]
-        rows = np.where(first_of_run, best, 0)  # 0 is the blank, which decode drops
-        path_probs = np.exp(np.log(np.clip(probs.max(axis=-1), 1e-8, 1.0)).sum(axis=-1))
+        rows = list(np.where(first_of_run, best, 0))  # 0 is the blank, which decode drops
+        path_probs = np.exp(log_probs.max(axis=-1).sum(axis=-1))
     texts = [spec.decode(row) for row in rows]
+    for i, text in enumerate(texts):
+        if not spec.min_length <= len(text) <= spec.max_length:
+            label, path_log_prob = best_path_in_length_range(log_probs[i], spec.min_length,
+                                                             spec.max_length)
+            texts[i], path_probs[i] = spec.decode(label), np.exp(path_log_prob)
     return texts, [float(np.clip(p, 0.0, 1.0)) for p in path_probs]
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 import train
-from model import (build_model, ctc_loss, decode_predictions, load_reader, predict_texts,
-                   replace_output_layer, time_steps, with_dropout)
+from model import (best_path_in_length_range, build_model, ctc_loss, decode_predictions, load_reader,
+                   predict_texts, replace_output_layer, time_steps, with_dropout)
 from preprocess import DEFAULT_CHARSET, LabelSpec, label_from_path, load_and_preprocess
 
 
@@ -53,7 +53,7 @@ def test_greedy_decoding_collapses_repeats_and_reports_path_probability():
 
 
 def test_greedy_decoding_matches_the_keras_ctc_decoder():
-    spec = LabelSpec("abcdef", 1, 6)
+    spec = LabelSpec("abcdef", 1, 12)  # every length 12 steps can produce: nothing to constrain
     rng = np.random.default_rng(0)
     logits = rng.normal(size=(32, 12, spec.num_classes)) * 3
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
@@ -62,6 +62,40 @@ def test_greedy_decoding_matches_the_keras_ctc_decoder():
     texts, conf = decode_predictions(probs, spec)
     assert texts == expected and len(set(texts)) > 20
     assert np.allclose(conf, np.exp(-keras.ops.convert_to_numpy(scores)[:, 0]), rtol=1e-4)
+
+
+def collapse(path: tuple[int, ...]) -> list[int]:
+    """CTC's many-to-one map: merge repeats, then drop blanks (0)."""
+    return [k for i, k in enumerate(path) if k and (i == 0 or path[i - 1] != k)]
+
+
+def test_length_constrained_path_is_the_best_path_of_an_allowed_length():
+    # Brute force over every path of 6 steps and 4 classes (4,096 paths) on random scores.
+    rng = np.random.default_rng(1)
+    paths = np.array(np.meshgrid(*[range(4)] * 6, indexing="ij")).reshape(6, -1).T
+    for trial in range(12):
+        log_probs = np.log(rng.dirichlet(np.ones(4) * 0.5, size=6))
+        scores = log_probs[np.arange(6), paths].sum(axis=1)
+        min_length, max_length = [(1, 1), (2, 2), (3, 3), (1, 3), (4, 5), (2, 6)][trial % 6]
+        allowed = [min_length <= len(collapse(tuple(p))) <= max_length for p in paths]
+        best = np.flatnonzero(allowed)[scores[allowed].argmax()]
+        label, path_log_prob = best_path_in_length_range(log_probs, min_length, max_length)
+        assert path_log_prob == pytest.approx(scores[best])
+        assert label == collapse(tuple(paths[best]))
+
+
+def test_decoding_keeps_a_doubled_letter_when_the_length_is_known():
+    # "x x _? x y": the blank between the two x loses narrowly, so greedy reads "xy".
+    probs = np.full((1, 6, 3), 0.02, dtype=np.float32)
+    for t, (k, p) in enumerate([(1, 0.9), (1, 0.9), (1, 0.5), (1, 0.9), (2, 0.9), (0, 0.9)]):
+        probs[0, t, k] = p
+        probs[0, t, 0 if k else 1] = 1 - p - 0.02
+    free_texts, free_conf = decode_predictions(probs, LabelSpec("xy", 1, 3))
+    texts, conf = decode_predictions(probs, LabelSpec("xy", 3, 3))
+    assert free_texts == ["xy"] and texts == ["xxy"]
+    assert conf[0] == pytest.approx(free_conf[0] * 0.48 / 0.5, rel=1e-3)
+    beam_texts, _ = decode_predictions(probs, LabelSpec("xy", 3, 3), beam_width=4)
+    assert beam_texts == ["xxy"]
 
 
 def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir):
