@@ -48,6 +48,7 @@ from preprocess import ImageReadError, LabelSpec, load_and_preprocess_many, spec
 CONV_FILTERS = (16, 32, 96, 128)
 RNN_UNITS = 128
 DOWNSAMPLE_W = 8  # image columns per time step
+VIEW_SHIFT = 3  # pixels between the views of test-time augmentation (view_offsets)
 
 
 def time_steps(spec: LabelSpec) -> int:
@@ -293,15 +294,54 @@ def fit_calibration(path_probs, correct) -> tuple[float, float] | None:
     return float(fit.coef_[0, 0]), float(fit.intercept_[0])
 
 
-def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec,
-                  batch_size: int = 64, beam_width: int = 1) -> tuple[list[str], list[float]]:
+def view_offsets(views: int) -> list[int]:
+    """Sideways shifts, in pixels, of the views `predict_texts` averages: 0, +3, -3, +6, -6, ...
+
+    Odd, so each view meets the strided convolution and the pools at another phase: the views
+    then err on different images, which is what makes averaging them pay (an even shift of 4
+    pixels, the same phase at the second level, gains almost nothing).
+    """
+    return [VIEW_SHIFT * ((i + 1) // 2) * (1 if i % 2 else -1) for i in range(views)]
+
+
+def shift_sideways(images: np.ndarray, offset: int) -> np.ndarray:
+    """(N, H, W, 1) images moved `offset` pixels right (left if negative); the columns that
+    come free repeat the edge column, which is background after preprocessing."""
+    if offset == 0:
+        return images
+    moved = np.roll(images, offset, axis=2)
+    if offset > 0:
+        moved[:, :, :offset] = images[:, :, :1]
+    else:
+        moved[:, :, offset:] = images[:, :, -1:]
+    return moved
+
+
+def predict_probs(model: keras.Model, images: np.ndarray, views: int = 1) -> np.ndarray:
+    """Per-step probabilities, averaged over `views` sideways-shifted copies of the images
+    (test-time augmentation: more accurate, `views` times the model time).
+
+    The average is the geometric mean, renormalized: an arithmetic mean flattens every step
+    and leaves the confidence too low (ECE 0.056 against 0.041 on 2,000 default-style images).
+    """
+    if views == 1:
+        return model.predict_on_batch(images)
+    stacked = np.concatenate([shift_sideways(images, dx) for dx in view_offsets(views)])
+    probs = np.asarray(model.predict_on_batch(stacked))
+    log_probs = np.log(np.clip(probs, 1e-8, 1.0)).reshape(views, len(images), *probs.shape[1:])
+    mean = np.exp(log_probs.mean(axis=0))
+    return mean / mean.sum(axis=-1, keepdims=True)
+
+
+def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec, batch_size: int = 64,
+                  beam_width: int = 1, views: int = 1) -> tuple[list[str], list[float]]:
     """Preprocessed images (N, 50, 200, 1) -> texts and confidences in [0, 1].
 
     The confidence is the calibrated probability that the text is right (see `calibrated`).
     """
     texts, confidences = [], []
     for start in range(0, len(images), batch_size):
-        probs = model.predict_on_batch(images[start:start + batch_size])
+        probs = predict_probs(model, images[start:start + batch_size], views)
         batch_texts, path_probs = decode_predictions(probs, spec, beam_width)
         texts += batch_texts
         confidences += calibrated(path_probs, spec).tolist()
@@ -309,7 +349,8 @@ def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec,
 
 
 def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
-                 beam_width: int = 1, invert: bool | None = None, strong: bool = False):
+                 beam_width: int = 1, invert: bool | None = None, strong: bool = False,
+                 views: int = 1):
     """Read image files batch by batch: load and preprocess on all cores, predict, decode.
 
     Yields (paths read, texts, confidences, ImageReadError for each unreadable file) per
@@ -324,12 +365,12 @@ def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_s
         texts, confidences = [], []
         if read:
             texts, confidences = predict_texts(model, np.stack([image for _, image in read]), spec,
-                                               batch_size, beam_width)
+                                               batch_size, beam_width, views)
         yield [path for path, _ in read], texts, confidences, errors
 
 
 def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
-               beam_width: int = 1) -> tuple[list[str], list[float]]:
+               beam_width: int = 1, views: int = 1) -> tuple[list[str], list[float]]:
     """Texts and confidences for image files, in order.
 
     Raises ImageReadError on an unreadable file; test.py skips those one by one instead.
@@ -337,7 +378,7 @@ def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_siz
     texts: list[str] = []
     confidences: list[float] = []
     for _, batch_texts, batch_confidences, errors in read_batches(model, spec, paths, batch_size,
-                                                                  beam_width):
+                                                                  beam_width, views=views):
         if errors:
             raise errors[0]
         texts += batch_texts

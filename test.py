@@ -34,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--output", help="also write all results to FILE.csv or FILE.json")
     p.add_argument("--beam-width", type=int, default=1, help="CTC beam search width (1 = greedy)")
+    p.add_argument("--views", type=int, default=1, help="read each image N times, shifted sideways "
+                   "by 0, +3, -3, +6, ... pixels, and average (more accurate, N times slower)")
     p.add_argument("--min-confidence", type=float, default=0.0,
                    help="mark answers below this confidence as rejected")
     p.add_argument("--no_auto_crop", "--no-auto-crop", action="store_true",
@@ -49,8 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--output must end in .csv or .json")
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be positive")
-    if args.batch_size < 1 or args.beam_width < 1:
-        p.error("--batch_size and --beam-width must be positive")
+    if args.batch_size < 1 or args.beam_width < 1 or args.views < 1:
+        p.error("--batch_size, --beam-width and --views must be positive")
     return args
 
 
@@ -93,7 +95,7 @@ def read_single(model, spec, args) -> list[dict]:
             cv2.imwrite(str(debug_dir / f"{Path(args.image).stem}_{name}.png"), stage)
     variants = image_variants(image, spec, args)
     texts, confidences = predict_texts(model, np.stack(list(variants.values())), spec,
-                                       beam_width=args.beam_width)
+                                       beam_width=args.beam_width, views=args.views)
     best = int(np.argmax(confidences))
     return [{"path": str(args.image), "prediction": texts[best], "confidence": confidences[best]}]
 
@@ -113,7 +115,8 @@ def read_folder(model, spec, args) -> tuple[list[dict], int]:
     progress = tqdm(total=len(paths), unit="img", desc="read", disable=args.quiet or None,
                     file=sys.stderr)
     for read, texts, confidences, errors in read_batches(model, spec, paths, args.batch_size,
-                                                         args.beam_width, invert, args.strong):
+                                                         args.beam_width, invert, args.strong,
+                                                         args.views):
         for error in errors:
             print(f"skipped: {error}", file=sys.stderr)
         skipped += len(errors)

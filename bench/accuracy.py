@@ -25,10 +25,10 @@ from model import load_reader, read_files  # noqa: E402
 from preprocess import scan_labelled_folder  # noqa: E402
 
 
-def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1):
+def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1, views: int = 1):
     """(predictions, truths, confidences) for every valid labelled image in `folder`."""
     scan = scan_labelled_folder(folder, spec)
-    predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width)
+    predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width, views)
     return predictions, scan.labels, confidences
 
 
@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2026, help="label seed for the generated set")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--beam-width", type=int, default=1)
+    parser.add_argument("--views", type=int, default=1, help="sideways-shifted readings averaged "
+                        "per image (test.py --views)")
     parser.add_argument("--top", type=int, default=15, help="confusion pairs to list")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -56,11 +58,12 @@ def main() -> int:
         folder = Path(args.folder) if args.folder else Path(tmp)
         if not args.folder:
             generate_captchas(folder, args.count, seed=args.seed)
-        predictions, truths, confidences = read_folder(model, spec, folder, args.batch_size, args.beam_width)
+        predictions, truths, confidences = read_folder(model, spec, folder, args.batch_size, args.beam_width,
+                                                       args.views)
     results = score(predictions, truths)
     pairs = confusion_pairs(predictions, truths)
     source = args.folder or f"generated default style, {args.count} images, seed {args.seed}"
-    print(f"model: {args.model}\ndata: {source}")
+    print(f"model: {args.model}\ndata: {source}" + (f"\nviews: {args.views}" if args.views > 1 else ""))
     print(f"exact_match={results['exact_match']:.4f} exact_match_ci={results['exact_match_ci']:.4f} "
           f"cer={results['cer']:.4f} n={results['n']}")
     case_only = sum(n for (t, p), n in pairs.items() if t.lower() == p.lower())

@@ -87,7 +87,7 @@ def test_folder_skips_bad_files_and_writes_csv_and_json(tiny_model, captcha_dir,
     assert summary.startswith("exact_match=") and "n=5" in summary and "skipped=1" in summary
     out_json = tmp_path / "out.json"
     result = run("test.py", "--model", str(tiny_model), "--folder", str(folder), "--limit", "3",
-                 "--output", str(out_json), "--min-confidence", "0.99", "--quiet")
+                 "--output", str(out_json), "--min-confidence", "0.99", "--views", "3", "--quiet")
     assert result.returncode == 0, result.stderr
     data = json.loads(out_json.read_text())
     assert len(data) == 3 and all(set(d) == {"path", "prediction", "confidence", "rejected"}
@@ -97,7 +97,7 @@ def test_folder_skips_bad_files_and_writes_csv_and_json(tiny_model, captcha_dir,
 def test_single_image_with_debug_stages(tiny_model, captcha_dir, tmp_path):
     image = sorted(captcha_dir.glob("*.png"))[0]
     result = run("test.py", "--model", str(tiny_model), "--image", str(image), "--save_debug",
-                 str(tmp_path / "debug"), "--strong", "--force_invert")
+                 str(tmp_path / "debug"), "--strong", "--force_invert", "--views", "2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "path,prediction,confidence" and lines[1].startswith(str(image))

@@ -11,7 +11,8 @@ import pytest
 
 import train
 from model import (best_path_in_length_range, build_model, ctc_loss, decode_predictions, load_reader,
-                   predict_texts, replace_output_layer, time_steps, with_dropout)
+                   predict_probs, predict_texts, replace_output_layer, shift_sideways, time_steps,
+                   view_offsets, with_dropout)
 from preprocess import DEFAULT_CHARSET, LabelSpec, label_from_path, load_and_preprocess
 
 
@@ -98,6 +99,15 @@ def test_decoding_keeps_a_doubled_letter_when_the_length_is_known():
     assert beam_texts == ["xxy"]
 
 
+def test_views_are_odd_shifts_either_way_with_the_edge_column_repeated():
+    assert view_offsets(1) == [0] and view_offsets(5) == [0, 3, -3, 6, -6]
+    images = np.arange(2 * 2 * 6, dtype=np.float32).reshape(2, 2, 6, 1)
+    right, left = shift_sideways(images, 2), shift_sideways(images, -2)
+    np.testing.assert_array_equal(right[0, 0, :, 0], [0, 0, 0, 1, 2, 3])
+    np.testing.assert_array_equal(left[1, 1, :, 0], [20, 21, 22, 23, 23, 23])
+    assert shift_sideways(images, 0) is images
+
+
 def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir):
     # Plain keras loading, safe mode on: no Lambda layer, no custom code needed.
     plain = keras.saving.load_model(tiny_model, safe_mode=True, compile=False)
@@ -110,6 +120,12 @@ def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir
                                atol=1e-6)
     texts, confidences = predict_texts(model, images, spec, batch_size=3)
     assert len(texts) == 8 and all(0.0 <= c <= 1.0 for c in confidences)
+    # Three views: the geometric mean of the shifted readings, one distribution per step.
+    views = predict_probs(model, images, views=3)
+    shifted = [plain.predict_on_batch(shift_sideways(images, dx)) for dx in view_offsets(3)]
+    expected = np.exp(np.mean(np.log(np.clip(shifted, 1e-8, 1.0)), axis=0))
+    np.testing.assert_allclose(views, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predict_probs(model, images), plain.predict_on_batch(images), atol=1e-6)
     assert all(set(t) <= set(spec.charset) and len(t) <= time_steps(spec) for t in texts)
     metrics = json.loads(tiny_model.with_suffix(".metrics.json").read_text())
     assert metrics["n"] >= 6 and 0.0 <= metrics["cer"] and metrics["train_images"] > 40
