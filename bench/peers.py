@@ -35,12 +35,13 @@ def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
     return texts, (time.perf_counter() - start) * 1000 / len(paths)
 
 
-def read_with_ours(model, spec, paths: list[Path], batch_size: int) -> tuple[list[str], float]:
+def read_with_ours(model, spec, paths: list[Path], batch_size: int,
+                   views: int = 1) -> tuple[list[str], float]:
     # Warm-up at the timed batch size: TensorFlow traces the graph once per new batch shape,
     # a one-off cost per process (about a second) that ddddocr's single warm-up call also skips.
-    read_files(model, spec, paths[:batch_size], batch_size)
+    read_files(model, spec, paths[:batch_size], batch_size, views=views)
     start = time.perf_counter()
-    texts, _ = read_files(model, spec, paths, batch_size)
+    texts, _ = read_files(model, spec, paths, batch_size, views=views)
     return texts, (time.perf_counter() - start) * 1000 / len(paths)
 
 
@@ -61,7 +62,8 @@ def main() -> int:
         scan = scan_labelled_folder(folder, spec)
         rows = [("ddddocr 1.6.1", *read_with_ddddocr(scan.paths)),
                 ("ours, one at a time", *read_with_ours(model, spec, scan.paths, 1)),
-                ("ours, batches of 64", *read_with_ours(model, spec, scan.paths, 64))]
+                ("ours, batches of 64", *read_with_ours(model, spec, scan.paths, 64)),
+                ("ours, 3 views, by 64", *read_with_ours(model, spec, scan.paths, 64, views=3))]
     print(f"data: {args.folder or f'generated default style, seed {args.seed}'}, n={len(scan.labels)}")
     print(f"{'reader':<22} {'exact':>7} {'exact_ci':>9} {'CER':>7} {'ms/img':>7}")
     for name, texts, ms in rows:
