@@ -48,7 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    f"CAPTCHAs are generated into {DEFAULT_SYNTHETIC_DIR}/ (reused when present)")
     p.add_argument("--synthetic-count", type=int, default=DEFAULT_SYNTHETIC_COUNT,
                    help="how many synthetic images to make when --data-dir is omitted")
-    p.add_argument("--epochs", type=int, default=30, help="maximum passes over the training split")
+    p.add_argument("--epochs", type=int, default=30, help="maximum passes over the training split; "
+                   "0 with --init-from: no training, only refit the confidence calibration on the "
+                   "validation split of --data-dir and score the test split")
     p.add_argument("--batch-size", type=int, help="images per training step (default 64; 16 when "
                    f"fewer than {SMALL_DATA} images train, for enough steps per epoch)")
     p.add_argument("--limit", type=int, help="use only the first N labelled images (quick runs)")
@@ -85,8 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "for a new model, the loaded model's own with --init-from); 0 suits --fresh-images, "
                    "where no image repeats and a small model needs all of itself to fit the generator")
     args = p.parse_args(argv)
-    if args.epochs < 1 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
-        p.error("--epochs and --batch-size must be positive, --limit at least 3")
+    if args.epochs < 0 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
+        p.error("--epochs must not be negative, --batch-size must be positive, --limit at least 3")
+    if args.epochs == 0 and not args.init_from:
+        p.error("--epochs 0 (calibrate only) needs a model to calibrate: --init-from")
     if args.fresh_images is not None and args.fresh_images < 1:
         p.error("--fresh-images must be positive")
     if args.dropout is not None and not 0 <= args.dropout < 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -156,6 +157,30 @@ def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys):
     assert (spec.charset, spec.min_length, spec.max_length) == ("0123456789", 4, 4)
     assert model.output_shape[-1] == 11
     keras.saving.load_model(tmp_path / "out" / "crnn_ctc_final.keras", safe_mode=True, compile=False)
+
+
+def test_zero_epochs_recalibrates_a_model_without_changing_its_weights(tmp_path):
+    from generate import generate_captchas
+
+    shipped = Path(__file__).resolve().parent.parent / "saved_model" / "crnn_ctc_final.keras"
+    data = tmp_path / "fresh"
+    generate_captchas(data, 80, seed=5150, progress=False)
+    assert train.main(["--init-from", str(shipped), "--data-dir", str(data), "--epochs", "0",
+                       "--val-fraction", "0.5", "--test-fraction", "0.4", "--out", str(tmp_path / "out"),
+                       "--name", "recal"]) == 0
+    model, spec = load_reader(tmp_path / "out" / "recal_final.keras")
+    original, original_spec = load_reader(shipped)
+    for new_weights, old_weights in zip(model.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(new_weights, old_weights)
+    assert spec.charset == original_spec.charset and spec.calibration is not None
+    assert spec.calibration != original_spec.calibration
+    metrics = json.loads((tmp_path / "out" / "recal_final.metrics.json").read_text())
+    assert metrics["epochs_run"] == 0 and metrics["n"] == 32 and metrics["exact_match"] > 0.75
+
+
+def test_zero_epochs_needs_a_model(tmp_path):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--epochs", "0", "--out", str(tmp_path)])
 
 
 def test_training_lowers_the_loss(captcha_dir):
