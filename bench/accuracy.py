@@ -4,6 +4,7 @@ By default generates a fresh default-style set (the generator's noise is never t
 twice, and the label seed differs from training's 0), or reads an existing labelled folder.
 
     python bench/accuracy.py --count 2000 --seed 2026
+    python bench/accuracy.py --folder /tmp/acc10k --views 3     # a saved set, 3 shifted views
     python bench/accuracy.py --folder ../shared/realdata/digits4-site \
         --model saved_model/digits4-site.keras
 """
