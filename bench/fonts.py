@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import generate  # noqa: E402
-from generate import _multicolor_generator, draw_multicolorcaptcha, synthetic_labels  # noqa: E402
 from metrics import score  # noqa: E402
 from model import load_reader, read_files  # noqa: E402
 
@@ -37,7 +36,7 @@ def draw_recording_fonts(labels: list[str], folder: Path,
                          seed: int) -> tuple[list[Path], list[list[str]], list[tuple[bool, int]]]:
     """Write the images and return, per image, the font name of each symbol and the image's
     settings (one background per cell, difficulty)."""
-    generator = _multicolor_generator()
+    generator = generate._multicolor_generator()
     pick_font, pick_settings = generator.gen_rand_font, generate.multicolorcaptcha_settings
     chosen: list[str] = []
     settings: list[tuple[bool, int]] = []
@@ -57,7 +56,7 @@ def draw_recording_fonts(labels: list[str], folder: Path,
         for i, label in enumerate(labels):
             chosen.clear()
             path = folder / f"{label}_{i}.png"
-            draw_multicolorcaptcha(label, f"{seed}:{path.name}").save(path)
+            generate.draw_multicolorcaptcha(label, f"{seed}:{path.name}").save(path)
             paths.append(path)
             fonts.append(list(chosen))
     finally:
@@ -92,7 +91,7 @@ def main() -> int:
 
     model, spec = load_reader(args.model)
     # Labels the model can read: its own charset and longest length (4 of A-Z 0-9, as the set).
-    labels = synthetic_labels(args.count, args.seed, spec.max_length, spec.charset)
+    labels = generate.synthetic_labels(args.count, args.seed, spec.max_length, spec.charset)
     with tempfile.TemporaryDirectory() as tmp:
         paths, fonts, settings = draw_recording_fonts(labels, Path(tmp), args.seed)
         texts, _ = read_files(model, spec, paths)
@@ -104,7 +103,7 @@ def main() -> int:
     exact = score(texts, labels)["exact_match"]
     print(f"{args.count} images, exact match {exact:.4f}, symbols read right "
           f"{sum(right.values()) / sum(seen.values()):.4f}")
-    font_files = {Path(f).stem: f for f in _multicolor_generator().l_fonts}
+    font_files = {Path(f).stem: f for f in generate._multicolor_generator().l_fonts}
     print(f"{'font':32s} {'symbols':>7s} {'right':>6s}  near-identical pairs")
     for font in sorted(seen, key=lambda f: right[f] / seen[f]):
         pairs = " ".join(look_alike_pairs(font_files[font], spec.charset))

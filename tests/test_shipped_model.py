@@ -38,16 +38,17 @@ def test_shipped_model_reads_the_fixed_sample():
     paths = list_images(SAMPLE)
     assert len(paths) == 200
     images = np.stack([load_and_preprocess(p) for p in paths])
+    labels = [label_from_path(p) for p in paths]
     predictions, confidences = predict_texts(model, images, spec)
-    result = score(predictions, [label_from_path(p) for p in paths])
+    result = score(predictions, labels)
     assert result["exact_match"] >= recorded("sample200 exact match") - MARGIN
     assert result["cer"] <= recorded("sample200 CER") + MARGIN / 3
     # Three sideways-shifted views, averaged, read it better still.
     view_predictions, _ = predict_texts(model, images, spec, views=3)
-    view_result = score(view_predictions, [label_from_path(p) for p in paths])
+    view_result = score(view_predictions, labels)
     assert view_result["exact_match"] >= recorded("sample200 exact match, 3 views") - MARGIN
     assert view_result["exact_match"] > result["exact_match"]
-    right = np.array([p == label_from_path(q) for p, q in zip(predictions, paths)])
+    right = np.array([p == label for p, label in zip(predictions, labels)])
     # Confident answers are right more often than unsure ones.
     conf = np.array(confidences)
     assert right[conf >= np.median(conf)].mean() > right[conf < np.median(conf)].mean()
