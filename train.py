@@ -64,10 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--min-length", type=int, help="shortest label (default: from the data)")
     p.add_argument("--max-length", type=int, help="longest label (default: from the data)")
     p.add_argument("--auto-crop", action="store_true",
-                   help="crop every image to its text region before resizing (wide margins)")
+                   help="crop every image to its text region before resizing (wide margins); "
+                   "on by itself when the --init-from model was trained with it")
     p.add_argument("--color-distance", action="store_true",
                    help="read ink as colour distance from the background colour of its column instead of "
-                   "brightness (symbols in colours as bright as their background)")
+                   "brightness (symbols in colours as bright as their background); on by itself when the "
+                   "--init-from model was trained with it")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
     p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
@@ -122,16 +124,18 @@ def cache_dir_for(data_dir: Path) -> Path:
 
 def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpec | None) -> LabelSpec:
     """Flags first; then the default spec for synthetic data, the pretrained model's spec
-    if every label fits it, or the charset and lengths found in the labels."""
+    if every label fits it, or the charset and lengths found in the labels. A pretrained
+    model's preprocessing options stay on: its features were learned on images read that way."""
     if not args.data_dir:
         base = LabelSpec()
     elif init_spec is not None and all(init_spec.label_problem(s) is None for s in labels):
         base = init_spec
     else:
         base = infer_spec(labels)
+    reading = init_spec or LabelSpec()
     return LabelSpec(args.charset or base.charset, args.min_length or base.min_length,
-                     args.max_length or base.max_length, auto_crop=args.auto_crop,
-                     color_distance=args.color_distance)
+                     args.max_length or base.max_length, auto_crop=args.auto_crop or reading.auto_crop,
+                     color_distance=args.color_distance or reading.color_distance)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -332,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
         source = "  (from --init-from; --charset narrows it)" if kept else "  (from the labels)"
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
           + source)
+    options = [name for name, on in (("auto-crop", spec.auto_crop), ("colour distance", spec.color_distance))
+               if on]
+    if options:
+        print("reading: " + ", ".join(options))
 
     images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec.auto_crop,
                                     spec.color_distance)

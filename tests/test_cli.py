@@ -124,7 +124,8 @@ def test_train_skips_bad_files_and_says_how_many(captcha_dir, bad_files, tmp_pat
     assert "skipped 1 unreadable images" in result.stdout
 
 
-def test_color_distance_is_stored_with_the_model_and_used_by_test_py(captcha_dir, tmp_path):
+def test_color_distance_is_stored_with_the_model_used_by_test_py_and_kept_by_fine_tuning(
+        captcha_dir, tmp_path):
     from model import load_reader, read_files
 
     paths = sorted(captcha_dir.glob("*.png"))[:20]
@@ -143,6 +144,12 @@ def test_color_distance_is_stored_with_the_model_and_used_by_test_py(captcha_dir
     texts, confidences = read_files(model, spec, paths)
     assert [r["prediction"] for r in rows] == texts
     assert np.allclose([float(r["confidence"]) for r in rows], confidences, atol=1e-4)
+    again = tmp_path / "again"
+    result = run("train.py", "--init-from", str(model_path), "--data-dir", str(captcha_dir), "--limit",
+                 "20", "--epochs", "0", "--out", str(again))
+    assert result.returncode == 0, result.stderr
+    assert "reading: colour distance" in result.stdout
+    assert json.loads((again / "crnn_ctc_final.json").read_text())["color_distance"] is True
 
 
 def test_training_cache_stays_out_of_read_only_data(tmp_path):
