@@ -83,6 +83,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "data's training split, which goes unused; validation and test stay on the data")
     p.add_argument("--fresh-style", choices=STYLES, default="default",
                    help="generator of the fresh images (see generate.py)")
+    p.add_argument("--fresh-oversample", default="", metavar="SYMBOLS", help="make each of these "
+                   "symbols 4 times as likely as any other in the fresh images (as generate.py --oversample)")
     p.add_argument("--fresh-seed", type=int, default=1000, help="label seed of the first fresh "
                    "epoch; give chained runs different ones so that no image repeats")
     p.add_argument("--dropout", type=float, help="rate of the model's dropout layers (default: 0.2 "
@@ -95,6 +97,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--epochs 0 (calibrate only) needs a model to calibrate: --init-from")
     if args.fresh_images is not None and args.fresh_images < 1:
         p.error("--fresh-images must be positive")
+    if args.fresh_oversample and not args.fresh_images:
+        p.error("--fresh-oversample needs --fresh-images")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
     return args
@@ -236,10 +240,10 @@ class FreshImages(keras.callbacks.Callback):
     """
 
     def __init__(self, source: ImageSource, spec: LabelSpec, count: int, style: str,
-                 first_seed: int, root: Path):
+                 first_seed: int, root: Path, oversample: str = ""):
         super().__init__()
         self.source, self.spec, self.count, self.style = source, spec, count, style
-        self.first_seed, self.root = first_seed, root
+        self.first_seed, self.root, self.oversample = first_seed, root, oversample
         self.loaded_epoch: int | None = None
 
     def load(self, epoch: int) -> None:
@@ -248,7 +252,8 @@ class FreshImages(keras.callbacks.Callback):
         folder = self.root / f"epoch{epoch + 1}"
         paths = generate_captchas(folder, self.count, seed=self.first_seed + epoch,
                                   length=self.spec.max_length, charset=self.spec.charset,
-                                  style=self.style, min_length=self.spec.min_length)
+                                  style=self.style, min_length=self.spec.min_length,
+                                  oversample=self.oversample)
         images, ok = preprocessed_cache(paths, folder / ".cache", self.spec.auto_crop,
                                         self.spec.color_distance)
         if not ok.all():
@@ -304,7 +309,7 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
             "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
             "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed",
-            "dropout")
+            "dropout", "fresh_oversample")
 
 
 def run_fingerprint(args: argparse.Namespace) -> str:
@@ -357,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.fresh_images:
         train_source = ImageSource(images, encoded)  # replaced by fresh.load before training
         fresh = FreshImages(train_source, spec, args.fresh_images, args.fresh_style,
-                            args.fresh_seed, out_dir / ".fresh" / fingerprint)
+                            args.fresh_seed, out_dir / ".fresh" / fingerprint, args.fresh_oversample)
         train_i = np.arange(args.fresh_images)
     batch_size = args.batch_size or (64 if len(train_i) >= SMALL_DATA else 16)
     print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(val_i)} "

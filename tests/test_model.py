@@ -245,7 +245,8 @@ def test_dropout_can_be_turned_off_and_on_again_keeping_the_weights():
 def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
     """--fresh-images: every epoch trains on images generated for it (label seed + epoch),
     the source the batches come from holds them, and the generated folders are removed;
-    --dropout sets the rate of the model's dropout layers."""
+    --fresh-oversample makes its symbols more common; --dropout sets the rate of the model's
+    dropout layers."""
     generated, trained_on = [], []
     generate = train.generate_captchas
 
@@ -263,12 +264,15 @@ def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "generate_captchas", record_generation)
     monkeypatch.setattr(train.FreshImages, "load", record_source)
     args = ["--data-dir", str(captcha_dir), "--fresh-images", "40", "--fresh-seed", "7", "--dropout", "0",
+            "--fresh-oversample", "0Oo",
             "--epochs", "2", "--batch-size", "16", "--charset", DEFAULT_CHARSET, "--out", str(tmp_path)]
     assert train.main(args) == 0
     assert [seed for seed, _ in generated] == [7, 8]
     assert [labels for _, labels in generated] == [trained_on[0], trained_on[-1]]
     assert generated[0][1] != generated[1][1] and len(generated[0][1]) == 40
     assert not set(generated[0][1]) & {label_from_path(p) for p in captcha_dir.glob("*.png")}
+    symbols = "".join(generated[0][1] + generated[1][1])
+    assert sum(symbols.count(s) for s in "0Oo") > 2 * len(symbols) * 3 / len(DEFAULT_CHARSET)
     assert not (tmp_path / ".fresh").exists() or not any((tmp_path / ".fresh").iterdir())
     metrics = json.loads((tmp_path / "crnn_ctc_final.metrics.json").read_text())
     assert metrics["train_images"] == 40 and metrics["epochs_run"] == 2
