@@ -149,14 +149,20 @@ def learned_confusions(symbols: str, per_symbol: int, epochs: int, in_captcha: b
     generator = ImageCaptcha(width=200, height=GENERATOR_HEIGHT)
     rng = np.random.default_rng(seed)
 
-    def glyph_set(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, list[str]]:
+    def glyph_set(n: int, keep_wholes: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                              list[str]]:
         classes = np.arange(n * len(symbols)) % len(symbols)
         if not in_captcha:
             glyphs = np.stack([drawn_glyph(generator, symbols[k], rng) for k in classes])
             return glyphs[..., None], classes, None, []
-        glyphs, wholes, labels = zip(*(glyph_in_captcha(generator, symbols[k], rng)
-                                       for k in tqdm(classes, desc="CAPTCHAs", leave=False)))
-        return np.stack(glyphs)[..., None], classes, np.stack(wholes)[..., None], list(labels)
+        glyphs, wholes, labels = [], [], []
+        for k in tqdm(classes, desc="CAPTCHAs", leave=False):
+            crop, whole, label = glyph_in_captcha(generator, symbols[k], rng)
+            glyphs.append(crop)
+            if keep_wholes:  # only the test set's: 90,000 whole images would take gigabytes
+                wholes.append(whole)
+                labels.append(label)
+        return np.stack(glyphs)[..., None], classes, np.stack(wholes)[..., None] if wholes else None, labels
 
     def standardized(glyphs: np.ndarray) -> np.ndarray:
         """Zero mean, unit spread per glyph: amid neighbours and noise, raw darkness left
@@ -165,7 +171,7 @@ def learned_confusions(symbols: str, per_symbol: int, epochs: int, in_captcha: b
         return (glyphs - mean) / (glyphs.std(axis=(1, 2, 3), keepdims=True) + 1e-6)
 
     train_x, train_y, _, _ = glyph_set(per_symbol)
-    test_x, test_y, test_wholes, test_labels = glyph_set(3000)
+    test_x, test_y, test_wholes, test_labels = glyph_set(3000, keep_wholes=model_path is not None)
     keras.utils.set_random_seed(seed)
     x = inputs = keras.Input((*GLYPH_BOX, 1))
     for filters in (16, 32, 64):
