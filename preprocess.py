@@ -257,6 +257,15 @@ def text_box(gray: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
     return rows, slice(max(0, x0 - margin), min(w, x1 + margin + 1))
 
 
+def placement(h: int, w: int) -> tuple[float, int, int, int, int]:
+    """Where `preprocess_image` puts an h x w image in the model's input: the scale that fits
+    it with its aspect ratio kept, the resized height and width, and the top and left offsets
+    that centre it."""
+    scale = min(IMG_WIDTH / w, IMG_HEIGHT / h)
+    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    return scale, new_h, new_w, (IMG_HEIGHT - new_h) // 2, (IMG_WIDTH - new_w) // 2
+
+
 def preprocess_image(
     image: np.ndarray | Image.Image,
     auto_crop: bool = False,
@@ -293,8 +302,7 @@ def preprocess_image(
     if invert:
         gray = 255 - gray
     h, w = gray.shape
-    scale = min(IMG_WIDTH / w, IMG_HEIGHT / h)
-    new_w, new_h = max(1, round(w * scale)), max(1, round(h * scale))
+    scale, new_h, new_w, top, left = placement(h, w)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(gray, (new_w, new_h), interpolation=interpolation)
     if color_distance:  # the map's background is white by construction, black once inverted
@@ -302,7 +310,6 @@ def preprocess_image(
     else:
         pad = background_level(gray)
     canvas = np.full((IMG_HEIGHT, IMG_WIDTH), pad, dtype=np.uint8)
-    top, left = (IMG_HEIGHT - new_h) // 2, (IMG_WIDTH - new_w) // 2
     canvas[top: top + new_h, left: left + new_w] = resized
     if stages is not None:
         stages["2_resized"] = canvas

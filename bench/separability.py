@@ -43,7 +43,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from preprocess import DEFAULT_CHARSET, IMG_HEIGHT, IMG_WIDTH, preprocess_image  # noqa: E402
+from preprocess import DEFAULT_CHARSET, IMG_HEIGHT, placement, preprocess_image  # noqa: E402
 
 GENERATOR_HEIGHT = 70  # ImageCaptcha(width=200, height=70), read at IMG_HEIGHT rows
 GLYPH_BOX = (48, 40)  # rows, columns around a glyph's ink centre, at the reader's scale
@@ -128,9 +128,9 @@ def glyph_in_captcha(generator: ImageCaptcha, symbol: str,
     third = [i for i, (c, _) in enumerate(drawn) if c != " "][2]
     centre = (columns[third] + drawn[third][1] / 2) * squeeze  # in the generator's columns
     read = preprocess_image(image)[..., 0]
-    scale = IMG_HEIGHT / GENERATOR_HEIGHT
-    column = (IMG_WIDTH - round(generator._width * scale)) // 2 + centre * scale
-    return crop_around(1 - read, IMG_HEIGHT // 2, round(column)), read, label
+    scale, _, _, top, left = placement(image.height, image.width)
+    row, column = top + image.height / 2 * scale, left + centre * scale
+    return crop_around(1 - read, round(row), round(column)), read, label
 
 
 def learned_confusions(symbols: str, per_symbol: int, epochs: int, in_captcha: bool = False,
