@@ -193,6 +193,11 @@ def best_path_in_length_range(log_probs: np.ndarray, min_length: int,
     return label[::-1], path_log_prob
 
 
+def log_of_probs(probs: np.ndarray) -> np.ndarray:
+    """Log of softmax outputs, floored at 1e-8 so that a zero gives a finite log (as in the loss)."""
+    return np.log(np.clip(probs, 1e-8, 1.0))
+
+
 def decode_predictions(probs, spec: LabelSpec, beam_width: int = 1) -> tuple[list[str], list[float]]:
     """Per-step probabilities -> (texts, best-path probabilities).
 
@@ -202,7 +207,7 @@ def decode_predictions(probs, spec: LabelSpec, beam_width: int = 1) -> tuple[lis
     the spec does not allow is replaced by the best path of an allowed length.
     """
     probs = np.asarray(probs)
-    log_probs = np.log(np.clip(probs, 1e-8, 1.0))
+    log_probs = log_of_probs(probs)
     if beam_width > 1:
         batch, steps = probs.shape[0], probs.shape[1]
         lengths = ops.full((batch,), steps, dtype="int32")
@@ -328,7 +333,7 @@ def predict_probs(model: keras.Model, images: np.ndarray, views: int = 1) -> np.
         return model.predict_on_batch(images)
     stacked = np.concatenate([shift_sideways(images, dx) for dx in view_offsets(views)])
     probs = np.asarray(model.predict_on_batch(stacked))
-    log_probs = np.log(np.clip(probs, 1e-8, 1.0)).reshape(views, len(images), *probs.shape[1:])
+    log_probs = log_of_probs(probs).reshape(views, len(images), *probs.shape[1:])
     mean = np.exp(log_probs.mean(axis=0))
     return mean / mean.sum(axis=-1, keepdims=True)
 
