@@ -78,9 +78,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test-fraction", type=float, default=0.1, help="share held out for the test")
     p.add_argument("--patience", type=int, default=6, help="epochs without validation "
                    "improvement before stopping (the learning rate drops after half of them)")
-    p.add_argument("--cosine", action="store_true", help="after the warm-up, lower the learning "
-                   "rate along a half cosine to 1%% of --lr at the last of --epochs, instead of "
-                   "dropping it when validation stalls")
     p.add_argument("--fresh-images", type=int, metavar="N", help="train every epoch on N newly "
                    "generated images (--fresh-style, label seed --fresh-seed + epoch) instead of the "
                    "data's training split, which goes unused; validation and test stay on the data")
@@ -220,29 +217,16 @@ def make_dataset(source: ImageSource, indices: np.ndarray, batch_size: int,
 
 class Warmup(keras.callbacks.Callback):
     """Ramp the learning rate up over the first steps: CTC with a fresh LSTM diverges or
-    stalls on a long plateau when it starts at full speed.
+    stalls on a long plateau when it starts at full speed."""
 
-    With `total_steps`, the rate then falls along a half cosine to 1% of the peak at the last
-    step (--cosine). On fresh images a constant rate leaves the weights jumping between epochs
-    (validation loss 0.20-0.26 over the 11 epochs of the shipped second stage); a decay lets
-    them settle. The step is the optimizer's own count, so a resumed run continues the curve.
-    """
-
-    def __init__(self, peak_lr: float, steps: int, total_steps: int | None = None):
+    def __init__(self, peak_lr: float, steps: int):
         super().__init__()
-        self.peak_lr, self.steps, self.total_steps = peak_lr, max(1, steps), total_steps
-
-    def rate(self, step: int) -> float:
-        if step < self.steps or not self.total_steps:
-            return self.peak_lr * min(1.0, (step + 1) / self.steps)
-        progress = min(1.0, (step - self.steps) / max(1, self.total_steps - self.steps))
-        floor = self.peak_lr / 100
-        return floor + (self.peak_lr - floor) * 0.5 * (1 + np.cos(np.pi * progress))
+        self.peak_lr, self.steps = peak_lr, max(1, steps)
 
     def on_train_batch_begin(self, batch, logs=None):
         step = int(self.model.optimizer.iterations.numpy())
-        if step <= self.steps or self.total_steps:
-            self.model.optimizer.learning_rate.assign(self.rate(step))
+        if step <= self.steps:
+            self.model.optimizer.learning_rate.assign(self.peak_lr * min(1.0, (step + 1) / self.steps))
 
 
 class FreshImages(keras.callbacks.Callback):
@@ -325,7 +309,7 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
             "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
             "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed",
-            "dropout", "fresh_oversample", "cosine")
+            "dropout", "fresh_oversample")
 
 
 def run_fingerprint(args: argparse.Namespace) -> str:
@@ -410,20 +394,16 @@ def main(argv: list[str] | None = None) -> int:
     train_ds = make_dataset(train_source, train_i, batch_size, True, not args.no_augment, args.seed)
     val_ds = make_dataset(data, val_i, batch_size, False, False, args.seed)
     steps_per_epoch = max(MIN_STEPS_PER_EPOCH, int(np.ceil(len(train_i) / batch_size)))
-    warmup_steps = min(steps_per_epoch, 500)
     callbacks = [
+        keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, args.patience // 2),
+                                          min_lr=lr / 100, verbose=1),
         keras.callbacks.EarlyStopping(patience=args.patience),
         Checkpoints(spec, best_path, state_dir, best),
     ]
     if fresh:
         callbacks.append(fresh)
-    if args.cosine:
-        callbacks.insert(0, Warmup(lr, warmup_steps, args.epochs * steps_per_epoch))
-    else:
-        callbacks.insert(0, keras.callbacks.ReduceLROnPlateau(
-            factor=0.3, patience=max(1, args.patience // 2), min_lr=lr / 100, verbose=1))
-        if initial_epoch == 0:
-            callbacks.insert(0, Warmup(lr, warmup_steps))
+    if initial_epoch == 0:
+        callbacks.insert(0, Warmup(lr, min(steps_per_epoch, 500)))
     start = time.time()
     epochs_run = initial_epoch
     if initial_epoch < args.epochs:

@@ -227,29 +227,6 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
     assert not list(state_root.glob("*/state.keras"))
 
 
-def test_cosine_schedule_warms_up_then_decays_to_one_percent(captcha_dir, tmp_path, monkeypatch):
-    """--cosine drives the rate every step of the real run: up during the warm-up, then down
-    to 1% of --lr by the end, never back up (nothing else touches it)."""
-    rates: list[float] = []
-    original = train.Warmup.on_train_batch_begin
-
-    def record(self, batch, logs=None):
-        original(self, batch, logs)
-        rates.append(float(self.model.optimizer.learning_rate.numpy()))
-
-    monkeypatch.setattr(train.Warmup, "on_train_batch_begin", record)
-    assert train.main(["--data-dir", str(captcha_dir), "--batch-size", "16", "--epochs", "2",
-                       "--lr", "1e-3", "--cosine", "--patience", "5", "--out", str(tmp_path),
-                       "--charset", DEFAULT_CHARSET]) == 0
-    steps = train.MIN_STEPS_PER_EPOCH
-    assert len(rates) == 2 * steps
-    warmup, decay = rates[:steps], rates[steps:]
-    assert np.all(np.diff(warmup) > 0) and warmup[-1] == pytest.approx(1e-3, rel=0.03)
-    assert np.all(np.diff(decay) < 0)
-    assert 1e-5 <= decay[-1] < 1.2e-5  # the floor is reached as the last step ends
-    assert decay[len(decay) // 2] == pytest.approx(0.5 * (1e-3 + 1e-5), rel=0.05)
-
-
 def test_dropout_can_be_turned_off_and_on_again_keeping_the_weights():
     spec = LabelSpec()
     model = build_model(spec)
