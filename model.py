@@ -322,40 +322,58 @@ def shift_sideways(images: np.ndarray, offset: int) -> np.ndarray:
     return moved
 
 
-def predict_probs(model: keras.Model, images: np.ndarray, views: int = 1) -> np.ndarray:
+def predict_probs(model: keras.Model, images: np.ndarray, views: int = 1,
+                  unshifted: np.ndarray | None = None) -> np.ndarray:
     """Per-step probabilities, averaged over `views` sideways-shifted copies of the images
-    (test-time augmentation: more accurate, `views` times the model time).
+    (test-time augmentation: more accurate, `views` times the model time). `unshifted`: the
+    first view's probabilities when they are already known, so only the others are computed.
 
     The average is the geometric mean, renormalized: an arithmetic mean flattens every step
     and leaves the confidence too low (ECE 0.056 against 0.041 on 2,000 default-style images).
     """
+    if unshifted is None:
+        unshifted = np.asarray(model.predict_on_batch(images))
     if views == 1:
-        return model.predict_on_batch(images)
-    stacked = np.concatenate([shift_sideways(images, dx) for dx in view_offsets(views)])
-    probs = np.asarray(model.predict_on_batch(stacked))
+        return unshifted
+    stacked = np.concatenate([shift_sideways(images, dx) for dx in view_offsets(views)[1:]])
+    probs = np.concatenate([unshifted, np.asarray(model.predict_on_batch(stacked))])
     log_probs = log_of_probs(probs).reshape(views, len(images), *probs.shape[1:])
     mean = np.exp(log_probs.mean(axis=0))
     return mean / mean.sum(axis=-1, keepdims=True)
 
 
 def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec, batch_size: int = 64,
-                  beam_width: int = 1, views: int = 1) -> tuple[list[str], list[float]]:
+                  beam_width: int = 1, views: int = 1,
+                  reread_below: float = 0.0) -> tuple[list[str], list[float]]:
     """Preprocessed images (N, 50, 200, 1) -> texts and confidences in [0, 1].
 
     The confidence is the calibrated probability that the text is right (see `calibrated`).
+    With `reread_below`, every image is read once and only the answers less confident than
+    that are read again with all `views`: the errors gather in the least confident answers,
+    so this buys most of the views' gain for a fraction of their time.
     """
     texts, confidences = [], []
     for start in range(0, len(images), batch_size):
-        probs = predict_probs(model, images[start:start + batch_size], views)
+        batch = images[start:start + batch_size]
+        unshifted = np.asarray(model.predict_on_batch(batch))
+        probs = unshifted if reread_below else predict_probs(model, batch, views, unshifted)
         batch_texts, path_probs = decode_predictions(probs, spec, beam_width)
+        batch_confidences = calibrated(path_probs, spec)
+        unsure = np.flatnonzero(batch_confidences < reread_below)
+        if views > 1 and len(unsure):
+            probs = predict_probs(model, batch[unsure], views, unshifted[unsure])
+            reread_texts, reread_path_probs = decode_predictions(probs, spec, beam_width)
+            batch_confidences[unsure] = calibrated(reread_path_probs, spec)
+            for i, text in zip(unsure, reread_texts):
+                batch_texts[i] = text
         texts += batch_texts
-        confidences += calibrated(path_probs, spec).tolist()
+        confidences += batch_confidences.tolist()
     return texts, confidences
 
 
 def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
                  beam_width: int = 1, invert: bool | None = None, strong: bool = False,
-                 views: int = 1):
+                 views: int = 1, reread_below: float = 0.0):
     """Read image files batch by batch: load and preprocess on all cores, predict, decode.
 
     Yields (paths read, texts, confidences, ImageReadError for each unreadable file) per
@@ -370,20 +388,21 @@ def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_s
         texts, confidences = [], []
         if read:
             texts, confidences = predict_texts(model, np.stack([image for _, image in read]), spec,
-                                               batch_size, beam_width, views)
+                                               batch_size, beam_width, views, reread_below)
         yield [path for path, _ in read], texts, confidences, errors
 
 
 def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
-               beam_width: int = 1, views: int = 1) -> tuple[list[str], list[float]]:
+               beam_width: int = 1, views: int = 1,
+               reread_below: float = 0.0) -> tuple[list[str], list[float]]:
     """Texts and confidences for image files, in order.
 
     Raises ImageReadError on an unreadable file; test.py skips those one by one instead.
     """
     texts: list[str] = []
     confidences: list[float] = []
-    for _, batch_texts, batch_confidences, errors in read_batches(model, spec, paths, batch_size,
-                                                                  beam_width, views=views):
+    for _, batch_texts, batch_confidences, errors in read_batches(
+            model, spec, paths, batch_size, beam_width, views=views, reread_below=reread_below):
         if errors:
             raise errors[0]
         texts += batch_texts

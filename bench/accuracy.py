@@ -5,6 +5,7 @@ twice, and the label seed differs from training's 0), or reads an existing label
 
     python bench/accuracy.py --count 2000 --seed 2026
     python bench/accuracy.py --folder /tmp/acc10k --views 3     # a saved set, 3 shifted views
+    python bench/accuracy.py --folder /tmp/acc10k --views 5 --reread-below 0.9   # views if unsure
     python bench/accuracy.py --folder ../shared/realdata/digits4-site \
         --model saved_model/digits4-site.keras
 """
@@ -17,6 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -26,10 +29,12 @@ from model import load_reader, read_files  # noqa: E402
 from preprocess import scan_labelled_folder  # noqa: E402
 
 
-def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1, views: int = 1):
+def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1, views: int = 1,
+                reread_below: float = 0.0):
     """(predictions, truths, confidences) for every valid labelled image in `folder`."""
     scan = scan_labelled_folder(folder, spec)
-    predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width, views)
+    predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width, views,
+                                          reread_below)
     return predictions, scan.labels, confidences
 
 
@@ -50,6 +55,9 @@ def main() -> int:
     parser.add_argument("--beam-width", type=int, default=1)
     parser.add_argument("--views", type=int, default=1, help="sideways-shifted readings averaged "
                         "per image (test.py --views)")
+    parser.add_argument("--reread-below", type=float, default=0.0, metavar="P", help="with --views: "
+                        "only answers less confident than P after one reading get the views "
+                        "(test.py --reread-below); also prints the share re-read")
     parser.add_argument("--top", type=int, default=15, help="confusion pairs to list")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
@@ -60,11 +68,20 @@ def main() -> int:
         if not args.folder:
             generate_captchas(folder, args.count, seed=args.seed)
         predictions, truths, confidences = read_folder(model, spec, folder, args.batch_size, args.beam_width,
-                                                       args.views)
+                                                       args.views, args.reread_below)
+        reread_share = None
+        if args.reread_below:
+            once = read_folder(model, spec, folder, args.batch_size, args.beam_width)[2]
+            reread_share = float(np.mean(np.array(once) < args.reread_below))
     results = score(predictions, truths)
     pairs = confusion_pairs(predictions, truths)
     source = args.folder or f"generated default style, {args.count} images, seed {args.seed}"
     print(f"model: {args.model}\ndata: {source}" + (f"\nviews: {args.views}" if args.views > 1 else ""))
+    if reread_share is not None:
+        results["reread_share"] = reread_share
+        print(f"re-read with {args.views} views below confidence {args.reread_below}: "
+              f"{reread_share:.1%} of the images (model time {1 + reread_share * (args.views - 1):.2f}x "
+              "one reading)")
     print(f"exact_match={results['exact_match']:.4f} exact_match_ci={results['exact_match_ci']:.4f} "
           f"cer={results['cer']:.4f} n={results['n']}")
     case_only = sum(n for (t, p), n in pairs.items() if t.lower() == p.lower())

@@ -54,6 +54,11 @@ def test_missing_image(tiny_model):
                           "image not found")
 
 
+def test_rereading_without_views_is_refused():
+    result = run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9")
+    assert result.returncode == 2 and "--reread-below needs --views" in result.stderr
+
+
 def test_empty_and_missing_folder(tiny_model, bad_files):
     assert_one_line_error(run("test.py", "--model", str(tiny_model), "--folder",
                               str(bad_files["empty_dir"])), "no images")
