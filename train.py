@@ -90,10 +90,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dropout", type=float, help="rate of the model's dropout layers (default: 0.2 "
                    "for a new model, the loaded model's own with --init-from); 0 suits --fresh-images, "
                    "where no image repeats and a small model needs all of itself to fit the generator")
-    p.add_argument("--ema", type=float, metavar="MOMENTUM", help="validate, checkpoint and save an "
-                   "exponential moving average of the weights (e.g. 0.999: about the last 1,000 "
-                   "steps) instead of the last weights: an average of nearby models, like an "
-                   "ensemble at no cost when reading")
     args = p.parse_args(argv)
     if args.epochs < 0 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
         p.error("--epochs must not be negative, --batch-size must be positive, --limit at least 3")
@@ -105,8 +101,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--fresh-oversample needs --fresh-images")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
-    if args.ema is not None and not 0 < args.ema < 1:
-        p.error("--ema must be in (0, 1)")
     return args
 
 
@@ -315,7 +309,7 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
             "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
             "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed",
-            "dropout", "fresh_oversample", "ema")
+            "dropout", "fresh_oversample")
 
 
 def run_fingerprint(args: argparse.Namespace) -> str:
@@ -393,9 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             model = replace_output_layer(init_model, init_spec, spec)
         if args.dropout is not None:
             model = with_dropout(model, args.dropout)
-        optimizer = keras.optimizers.Adam(lr, clipnorm=5.0, use_ema=args.ema is not None,
-                                          ema_momentum=args.ema or 0.99)
-        model.compile(optimizer=optimizer, loss=ctc_loss)
+        model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
 
     if fresh and initial_epoch < args.epochs:
         fresh.load(initial_epoch)  # before the pipeline starts drawing batches
@@ -408,11 +400,6 @@ def main(argv: list[str] | None = None) -> int:
         keras.callbacks.EarlyStopping(patience=args.patience),
         Checkpoints(spec, best_path, state_dir, best),
     ]
-    if args.ema is not None:
-        # Averaged weights in the model while validating and from the end of each epoch to the
-        # start of the next, so Checkpoints saves them (the resume state too: a resumed run
-        # goes on from the average).
-        callbacks.insert(2, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if fresh:
         callbacks.append(fresh)
     if initial_epoch == 0:

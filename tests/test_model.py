@@ -242,24 +242,6 @@ def test_dropout_can_be_turned_off_and_on_again_keeping_the_weights():
     np.testing.assert_allclose(clone.predict_on_batch(images), model.predict_on_batch(images), rtol=1e-5)
 
 
-def test_ema_saves_the_moving_average_of_the_weights(tiny_model, captcha_dir, tmp_path):
-    """--ema: what is validated and saved is the average, not the last weights. With a momentum
-    this close to 1, the average of 50 steps stays near the weights of the first step, while the
-    last weights move on."""
-    start, _ = load_reader(tiny_model)
-    moved = {}
-    for ema in ([], ["--ema", "0.9999"]):
-        out = tmp_path / ("ema" if ema else "last")
-        assert train.main(["--init-from", str(tiny_model), "--data-dir", str(captcha_dir), "--epochs", "1",
-                           "--batch-size", "16", "--lr", "1e-3", "--out", str(out)] + ema) == 0
-        model, _ = load_reader(out / "crnn_ctc_final.keras")
-        moved[bool(ema)] = max(float(np.abs(w.numpy() - w0.numpy()).max())
-                               for w, w0 in zip(model.trainable_weights, start.trainable_weights))
-    assert moved[True] < 0.2 * moved[False]
-    with pytest.raises(SystemExit):
-        train.parse_args(["--ema", "1"])
-
-
 def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
     """--fresh-images: every epoch trains on images generated for it (label seed + epoch),
     the source the batches come from holds them, and the generated folders are removed;
