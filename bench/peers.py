@@ -37,8 +37,8 @@ def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
 
 def read_with_ours(model, spec, paths: list[Path], batch_size: int,
                    views: int = 1) -> tuple[list[str], float]:
-    # Warm-up at the timed batch size: TensorFlow traces the graph once per new batch shape,
-    # a one-off cost per process (about a second) that ddddocr's single warm-up call also skips.
+    # Warm-up: the first call traces the model's graph, a one-off cost per process (1 to 2 s)
+    # that ddddocr's single warm-up call also leaves out of its timing.
     read_files(model, spec, paths[:batch_size], batch_size, views=views)
     start = time.perf_counter()
     texts, _ = read_files(model, spec, paths, batch_size, views=views)

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import train
-from model import (best_path_in_length_range, build_model, ctc_loss, decode_predictions, load_reader,
-                   predict_probs, predict_texts, replace_output_layer, shift_sideways, time_steps,
-                   view_offsets, with_dropout)
+from model import (_inference_graphs, best_path_in_length_range, build_model, ctc_loss, decode_predictions,
+                   load_reader, predict_probs, predict_texts, replace_output_layer, shift_sideways,
+                   time_steps, view_offsets, with_dropout)
 from preprocess import DEFAULT_CHARSET, LabelSpec, label_from_path, load_and_preprocess
 
 
@@ -127,6 +127,8 @@ def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir
     expected = np.exp(np.mean(np.log(np.clip(shifted, 1e-8, 1.0)), axis=0))
     np.testing.assert_allclose(views, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(predict_probs(model, images), plain.predict_on_batch(images), atol=1e-6)
+    # Batches of 3, 2, 8 and 24 (8 images in 3 views): one graph, traced once.
+    assert _inference_graphs[model].experimental_get_tracing_count() == 1
     assert all(set(t) <= set(spec.charset) and len(t) <= time_steps(spec) for t in texts)
     metrics = json.loads(tiny_model.with_suffix(".metrics.json").read_text())
     assert metrics["n"] >= 6 and 0.0 <= metrics["cer"] and metrics["train_images"] > 40
