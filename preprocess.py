@@ -398,6 +398,15 @@ def scan_labelled_folder(folder: str | Path, spec: LabelSpec | None) -> Dataset:
     return found.filtered(spec) if spec else found
 
 
+def readable_labelled_images(folder: str | Path, spec: LabelSpec) -> Dataset:
+    """`scan_labelled_folder` for reading with a model: raises ValueError when no image is
+    left, so a benchmark says why instead of printing figures of nothing."""
+    scan = scan_labelled_folder(folder, spec)
+    if not scan.paths:
+        raise ValueError(f"{folder}: no labelled images this model can read ({scan.summary()})")
+    return scan
+
+
 def infer_spec(labels: list[str]) -> LabelSpec:
     """Charset and length range that cover every label, in a stable order."""
     if not labels:

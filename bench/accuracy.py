@@ -25,14 +25,14 @@ sys.path.insert(0, str(ROOT))
 
 from generate import generate_captchas  # noqa: E402
 from metrics import calibration_report, confusion_pairs, score  # noqa: E402
-from model import load_reader, read_files  # noqa: E402
-from preprocess import scan_labelled_folder  # noqa: E402
+from model import ModelLoadError, load_reader, read_files  # noqa: E402
+from preprocess import readable_labelled_images  # noqa: E402
 
 
 def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1, views: int = 1,
                 reread_below: float = 0.0):
     """(predictions, truths, confidences) for every valid labelled image in `folder`."""
-    scan = scan_labelled_folder(folder, spec)
+    scan = readable_labelled_images(folder, spec)
     predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width, views,
                                           reread_below)
     return predictions, scan.labels, confidences
@@ -108,4 +108,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ModelLoadError, ValueError) as err:
+        sys.exit(f"error: {err}")

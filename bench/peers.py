@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from model import load_reader, read_files  # noqa: E402
-from preprocess import scan_labelled_folder  # noqa: E402
+from model import ModelLoadError, load_reader, read_files  # noqa: E402
+from preprocess import readable_labelled_images  # noqa: E402
 
 
 def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
@@ -59,7 +59,7 @@ def main() -> int:
         folder = Path(args.folder) if args.folder else Path(tmp)
         if not args.folder:
             generate_captchas(folder, args.count, seed=args.seed, progress=False)
-        scan = scan_labelled_folder(folder, spec)
+        scan = readable_labelled_images(folder, spec)
         rows = [("ddddocr 1.6.1", *read_with_ddddocr(scan.paths)),
                 ("ours, one at a time", *read_with_ours(model, spec, scan.paths, 1)),
                 ("ours, batches of 64", *read_with_ours(model, spec, scan.paths, 64)),
@@ -73,4 +73,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (FileNotFoundError, ModelLoadError, ValueError) as err:
+        sys.exit(f"error: {err}")

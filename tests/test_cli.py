@@ -66,6 +66,12 @@ def test_empty_and_missing_folder(tiny_model, bad_files):
                           "folder not found")
 
 
+def test_benchmarks_answer_bad_input_in_one_line(tiny_model, bad_files):
+    assert_one_line_error(run("bench/accuracy.py", "--model", str(tiny_model), "--folder",
+                              str(bad_files["empty_dir"])), "no labelled images")
+    assert_one_line_error(run("bench/peers.py", "--model", "missing.keras"), "model not found")
+
+
 def test_missing_model_and_not_a_model(captcha_dir, bad_files):
     image = str(sorted(captcha_dir.glob("*.png"))[0])
     assert_one_line_error(run("test.py", "--model", "missing.keras", "--image", image),
