@@ -115,6 +115,26 @@ def replace_output_layer(model: keras.Model, old_spec: LabelSpec, spec: LabelSpe
     return new_model
 
 
+def average_weights(model: keras.Model, spec: LabelSpec, others: list[str | Path]) -> keras.Model:
+    """`model` with each weight, BatchNorm statistics included, replaced by its mean over
+    `model` and the models at `others`, which must share its layout and charset.
+
+    Runs fine-tuned from one start on different images end in one basin of the loss, where
+    the mean of their weights reads better than either run (an ensemble at one model's cost);
+    runs from different starts do not share a basin, and their mean reads nothing.
+    """
+    weights = [model.get_weights()]
+    for path in others:
+        other, other_spec = load_reader(path)
+        shapes = [w.shape for w in other.get_weights()]
+        if other_spec.charset != spec.charset or shapes != [w.shape for w in weights[0]]:
+            raise ModelLoadError(f"{path}: cannot be averaged with the first model (another "
+                                 "charset or layout)")
+        weights.append(other.get_weights())
+    model.set_weights([np.mean(layer, axis=0) for layer in zip(*weights)])
+    return model
+
+
 def with_dropout(model: keras.Model, rate: float) -> keras.Model:
     """The same model with every dropout layer at `rate`; all weights carry over (dropout has
     none). New layers rather than a changed rate: a layer made with rate 0 has no random
@@ -338,7 +358,8 @@ def run_model(model: keras.Model, images: np.ndarray) -> np.ndarray:
     graph = _inference_graphs.get(model)
     if graph is None:
         signature = tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
-        graph = tf.function(lambda x: model(x, training=False), input_signature=[signature])
+        held = weakref.ref(model)  # the graph must not keep its model alive
+        graph = tf.function(lambda x: held()(x, training=False), input_signature=[signature])
         _inference_graphs[model] = graph
     return graph(np.asarray(images, np.float32)).numpy()
 

@@ -24,8 +24,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from model import (ModelLoadError, build_model, ctc_loss, fit_calibration, load_reader,  # noqa: I001
-                   predict_texts, replace_output_layer, save_reader, with_dropout)
+from model import (ModelLoadError, average_weights, build_model, ctc_loss,  # noqa: I001
+                   fit_calibration, load_reader, predict_texts, replace_output_layer, save_reader,
+                   with_dropout)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -72,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "--init-from model was trained with it")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
+    p.add_argument("--average-with", nargs="+", default=[], metavar="MODEL", help="start from the "
+                   "mean of the weights of the --init-from model and these (same layout and charset: "
+                   "other runs fine-tuned from the same start); with --epochs 0 the mean is the model")
     p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
                    "contrast and noise on training images")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation")
@@ -95,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--epochs must not be negative, --batch-size must be positive, --limit at least 3")
     if args.epochs == 0 and not args.init_from:
         p.error("--epochs 0 (calibrate only) needs a model to calibrate: --init-from")
+    if args.average_with and not args.init_from:
+        p.error("--average-with needs the first model to average: --init-from")
     if args.fresh_images is not None and args.fresh_images < 1:
         p.error("--fresh-images must be positive")
     if args.fresh_oversample and not args.fresh_images:
@@ -309,7 +315,7 @@ def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
 RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
             "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
             "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed",
-            "dropout", "fresh_oversample")
+            "dropout", "fresh_oversample", "average_with")
 
 
 def run_fingerprint(args: argparse.Namespace) -> str:
@@ -325,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     init_model, init_spec = (load_reader(args.init_from) if args.init_from else (None, None))
+    if args.average_with:
+        init_model = average_weights(init_model, init_spec, args.average_with)
     data_dir = resolve_data(args)
     found = scan_labelled_folder(data_dir, None)
     if not found.labels:

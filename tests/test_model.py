@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import train
-from model import (_inference_graphs, best_path_in_length_range, build_model, ctc_loss, decode_predictions,
-                   load_reader, predict_probs, predict_texts, replace_output_layer, shift_sideways,
-                   time_steps, view_offsets, with_dropout)
+from model import (ModelLoadError, _inference_graphs, average_weights, best_path_in_length_range,
+                   build_model, ctc_loss, decode_predictions, load_reader, predict_probs, predict_texts,
+                   replace_output_layer, save_reader, shift_sideways, time_steps, view_offsets,
+                   with_dropout)
 from preprocess import DEFAULT_CHARSET, LabelSpec, label_from_path, load_and_preprocess
 
 
@@ -183,6 +184,26 @@ def test_zero_epochs_recalibrates_a_model_without_changing_its_weights(tmp_path)
 def test_zero_epochs_needs_a_model(tmp_path):
     with pytest.raises(SystemExit):
         train.parse_args(["--epochs", "0", "--out", str(tmp_path)])
+
+
+def test_average_with_starts_from_the_mean_of_the_weights_of_one_layout(tiny_model, captcha_dir,
+                                                                        tmp_path):
+    model, spec = load_reader(tiny_model)
+    other = keras.models.clone_model(model)
+    other.set_weights([w + 1.0 for w in model.get_weights()])
+    save_reader(other, spec, tmp_path / "other.keras")
+    assert train.main(["--init-from", str(tiny_model), "--average-with", str(tmp_path / "other.keras"),
+                       "--data-dir", str(captcha_dir), "--epochs", "0", "--out", str(tmp_path / "out"),
+                       "--name", "mean"]) == 0
+    mean, _ = load_reader(tmp_path / "out" / "mean_final.keras")
+    for got, original in zip(mean.get_weights(), model.get_weights()):
+        np.testing.assert_allclose(got, original + 0.5, rtol=1e-5, atol=1e-6)
+    digits = LabelSpec("0123456789", 4, 4)
+    save_reader(replace_output_layer(model, spec, digits), digits, tmp_path / "digits.keras")
+    with pytest.raises(ModelLoadError, match="cannot be averaged"):
+        average_weights(model, spec, [tmp_path / "digits.keras"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--average-with", str(tiny_model), "--out", str(tmp_path)])
 
 
 def test_training_lowers_the_loss(captcha_dir):
