@@ -119,9 +119,10 @@ def average_weights(model: keras.Model, spec: LabelSpec, others: list[str | Path
     """`model` with each weight, BatchNorm statistics included, replaced by its mean over
     `model` and the models at `others`, which must share its layout and charset.
 
-    Runs fine-tuned from one start on different images end in one basin of the loss, where
-    the mean of their weights reads better than either run (an ensemble at one model's cost);
-    runs from different starts do not share a basin, and their mean reads nothing.
+    Runs fine-tuned from one start on different images stay close enough that the mean of
+    their weights works as one model, and it reads like an ensemble of them at one model's
+    cost (measured in saved_model/README.md). Models trained from different starts would not
+    average: their units do not correspond.
     """
     weights = [model.get_weights()]
     for path in others:
