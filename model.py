@@ -261,12 +261,14 @@ def save_reader(model: keras.Model, spec: LabelSpec, path: str | Path) -> None:
     """Save model and spec atomically: each goes to a temp file, then is renamed.
 
     Only the inference model is saved, never optimizer state, which would triple the file.
+    The copy is rebuilt from the layer config: `clone_model` also copies the compile state
+    (optimizer included) in recent Keras releases.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if getattr(model, "optimizer", None) is not None:
         trained = model
-        model = keras.models.clone_model(trained)
+        model = keras.Model.from_config(trained.get_config())
         model.set_weights(trained.get_weights())
     spec.save(spec_path_for(path))
     tmp = path.with_name(f".{path.stem}.partial.keras")
@@ -389,15 +391,17 @@ def predict_probs(model: keras.Model, images: np.ndarray, views: int = 1,
 
 
 def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec, batch_size: int = 64,
-                  beam_width: int = 1, views: int = 1,
+                  beam_width: int = 1, views: int | None = None,
                   reread_below: float = 0.0) -> tuple[list[str], list[float]]:
     """Preprocessed images (N, 50, 200, 1) -> texts and confidences in [0, 1].
 
     The confidence is the calibrated probability that the text is right (see `calibrated`).
+    `views`: readings averaged per image (`predict_probs`); None reads as the model's spec says.
     With `reread_below`, every image is read once and only the answers less confident than
     that are read again with all `views`: the errors gather in the least confident answers,
     so this buys most of the views' gain for a fraction of their time.
     """
+    views = spec.views if views is None else views
     texts, confidences = [], []
     for start in range(0, len(images), batch_size):
         batch = images[start:start + batch_size]
@@ -418,7 +422,7 @@ def predict_texts(model: keras.Model, images: np.ndarray, spec: LabelSpec, batch
 
 def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
                  beam_width: int = 1, invert: bool | None = None, strong: bool = False,
-                 views: int = 1, reread_below: float = 0.0):
+                 views: int | None = None, reread_below: float = 0.0):
     """Read image files batch by batch: load and preprocess on all cores, predict, decode.
 
     Yields (paths read, texts, confidences, ImageReadError for each unreadable file) per
@@ -438,7 +442,7 @@ def read_batches(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_s
 
 
 def read_files(model: keras.Model, spec: LabelSpec, paths: list[Path], batch_size: int = 64,
-               beam_width: int = 1, views: int = 1,
+               beam_width: int = 1, views: int | None = None,
                reread_below: float = 0.0) -> tuple[list[str], list[float]]:
     """Texts and confidences for image files, in order.
 

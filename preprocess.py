@@ -53,6 +53,10 @@ class LabelSpec:
     auto_crop: bool = False
     # Ink as colour distance from the local background instead of brightness (color_ink_map).
     color_distance: bool = False
+    # Readings per image, shifted sideways and averaged (model.predict_probs), unless the caller
+    # asks otherwise: a model that reads much better with views (multicolorcaptcha) reads so
+    # by default, and its calibration was fitted on readings made this way.
+    views: int = 1
     # Logistic map from the log best-path probability to P(answer right), fitted on
     # validation data after training: (slope, intercept). None: the raw probability.
     calibration: tuple[float, float] | None = field(default=None, compare=False)
@@ -66,6 +70,8 @@ class LabelSpec:
             object.__setattr__(self, "calibration", tuple(float(v) for v in self.calibration))
         if not 1 <= self.min_length <= self.max_length:
             raise ValueError(f"invalid label lengths {self.min_length}..{self.max_length}")
+        if self.views < 1:
+            raise ValueError(f"views must be positive, not {self.views}")
 
     @property
     def num_classes(self) -> int:

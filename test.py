@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_MODEL = "saved_model/crnn_ctc_final.keras"
+REREAD_NEEDS_VIEWS = "--reread-below needs --views 2 or more"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -35,8 +36,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", "--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--output", help="also write all results to FILE.csv or FILE.json")
     p.add_argument("--beam-width", type=int, default=1, help="CTC beam search width (1 = greedy)")
-    p.add_argument("--views", type=int, default=1, help="read each image N times, shifted sideways "
-                   "by 0, +3, -3, +6, ... pixels, and average (more accurate, N times slower)")
+    p.add_argument("--views", type=int, help="read each image N times, shifted sideways by 0, +3, "
+                   "-3, +6, ... pixels, and average (more accurate, N times slower); default: as the "
+                   "model's spec says (1 unless it was trained with --views)")
     p.add_argument("--reread-below", type=float, default=0.0, metavar="P",
                    help="with --views N: read each image once and only answers less confident than "
                    "P again with the N views (most of their gain for a fraction of their time)")
@@ -55,10 +57,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--output must end in .csv or .json")
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be positive")
-    if args.batch_size < 1 or args.beam_width < 1 or args.views < 1:
+    if args.batch_size < 1 or args.beam_width < 1 or (args.views or 1) < 1:
         p.error("--batch_size, --beam-width and --views must be positive")
     if args.reread_below and args.views == 1:
-        p.error("--reread-below needs --views 2 or more")
+        p.error(REREAD_NEEDS_VIEWS)
     return args
 
 
@@ -163,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.folder and not Path(args.folder).is_dir():
         raise FileNotFoundError(f"folder not found: {args.folder}")
     model, spec = load_reader(args.model)
+    args.views = args.views or spec.views
+    if args.reread_below and args.views == 1:
+        raise ValueError(REREAD_NEEDS_VIEWS + " (this model reads each image once by default)")
     results, skipped = read_folder(model, spec, args) if args.folder else (read_single(model, spec, args), 0)
     for row in results:
         row["confidence"] = round(row["confidence"], 4)

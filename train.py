@@ -71,6 +71,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="read ink as colour distance from the background colour of its column instead of "
                    "brightness (symbols in colours as bright as their background); on by itself when the "
                    "--init-from model was trained with it")
+    p.add_argument("--views", type=int, help="readings per image, shifted sideways and averaged, "
+                   "stored with the model: its confidence is calibrated and its test split scored "
+                   "reading so, and test.py reads so by default (N times the model time; default: the "
+                   "--init-from model's, else 1)")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
     p.add_argument("--average-with", nargs="+", default=[], metavar="MODEL", help="start from the "
@@ -105,6 +109,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--fresh-images must be positive")
     if args.fresh_oversample and not args.fresh_images:
         p.error("--fresh-oversample needs --fresh-images")
+    if args.views is not None and args.views < 1:
+        p.error("--views must be positive")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
     return args
@@ -135,7 +141,8 @@ def cache_dir_for(data_dir: Path) -> Path:
 def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpec | None) -> LabelSpec:
     """Flags first; then the default spec for synthetic data, the pretrained model's spec
     if every label fits it, or the charset and lengths found in the labels. A pretrained
-    model's preprocessing options stay on: its features were learned on images read that way."""
+    model's preprocessing options stay on: its features were learned on images read that way;
+    so does its number of views unless --views says otherwise."""
     if not args.data_dir:
         base = LabelSpec()
     elif init_spec is not None and all(init_spec.label_problem(s) is None for s in labels):
@@ -145,7 +152,8 @@ def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpe
     reading = init_spec or LabelSpec()
     return LabelSpec(args.charset or base.charset, args.min_length or base.min_length,
                      args.max_length or base.max_length, auto_crop=args.auto_crop or reading.auto_crop,
-                     color_distance=args.color_distance or reading.color_distance)
+                     color_distance=args.color_distance or reading.color_distance,
+                     views=args.views or reading.views)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -349,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         source = "  (from --init-from; --charset narrows it)" if kept else "  (from the labels)"
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
           + source)
-    options = [name for name, on in (("auto-crop", spec.auto_crop), ("colour distance", spec.color_distance))
-               if on]
+    options = [name for name, on in (("auto-crop", spec.auto_crop), ("colour distance", spec.color_distance),
+                                     (f"{spec.views} views", spec.views > 1)) if on]
     if options:
         print("reading: " + ", ".join(options))
 

@@ -29,8 +29,8 @@ from model import ModelLoadError, load_reader, read_files  # noqa: E402
 from preprocess import readable_labelled_images  # noqa: E402
 
 
-def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1, views: int = 1,
-                reread_below: float = 0.0):
+def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1,
+                views: int | None = None, reread_below: float = 0.0):
     """(predictions, truths, confidences) for every valid labelled image in `folder`."""
     scan = readable_labelled_images(folder, spec)
     predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width, views,
@@ -53,8 +53,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=2026, help="label seed for the generated set")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--beam-width", type=int, default=1)
-    parser.add_argument("--views", type=int, default=1, help="sideways-shifted readings averaged "
-                        "per image (test.py --views)")
+    parser.add_argument("--views", type=int, help="sideways-shifted readings averaged per image "
+                        "(test.py --views; default: the model's own)")
     parser.add_argument("--reread-below", type=float, default=0.0, metavar="P", help="with --views: "
                         "only answers less confident than P after one reading get the views "
                         "(test.py --reread-below); also prints the share re-read")
@@ -63,6 +63,7 @@ def main() -> int:
     args = parser.parse_args()
 
     model, spec = load_reader(args.model)
+    args.views = args.views or spec.views
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder) if args.folder else Path(tmp)
         if not args.folder:
@@ -71,7 +72,7 @@ def main() -> int:
                                                        args.views, args.reread_below)
         reread_share = None
         if args.reread_below:
-            once = read_folder(model, spec, folder, args.batch_size, args.beam_width)[2]
+            once = read_folder(model, spec, folder, args.batch_size, args.beam_width, views=1)[2]
             reread_share = float(np.mean(np.array(once) < args.reread_below))
     results = score(predictions, truths)
     pairs = confusion_pairs(predictions, truths)

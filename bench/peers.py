@@ -36,7 +36,7 @@ def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
 
 
 def read_with_ours(model, spec, paths: list[Path], batch_size: int,
-                   views: int = 1) -> tuple[list[str], float]:
+                   views: int | None = None) -> tuple[list[str], float]:
     # Warm-up: the first call traces the model's graph, a one-off cost per process (1 to 2 s)
     # that ddddocr's single warm-up call also leaves out of its timing.
     read_files(model, spec, paths[:batch_size], batch_size, views=views)
@@ -60,11 +60,15 @@ def main() -> int:
         if not args.folder:
             generate_captchas(folder, args.count, seed=args.seed, progress=False)
         scan = readable_labelled_images(folder, spec)
+        other_views = 3 if spec.views == 1 else 1  # the model's own reading, and the other one
         rows = [("ddddocr 1.6.1", *read_with_ddddocr(scan.paths)),
                 ("ours, one at a time", *read_with_ours(model, spec, scan.paths, 1)),
                 ("ours, batches of 64", *read_with_ours(model, spec, scan.paths, 64)),
-                ("ours, 3 views, by 64", *read_with_ours(model, spec, scan.paths, 64, views=3))]
+                (f"ours, {other_views} view{'s' * (other_views > 1)}, by 64",
+                 *read_with_ours(model, spec, scan.paths, 64, views=other_views))]
     print(f"data: {args.folder or f'generated default style, seed {args.seed}'}, n={len(scan.labels)}")
+    print(f"ours: {spec.views} view{'s' * (spec.views > 1)} per image unless the row says otherwise "
+          "(the model's own reading)")
     print(f"{'reader':<22} {'exact':>7} {'exact_ci':>9} {'CER':>7} {'ms/img':>7}")
     for name, texts, ms in rows:
         s = score(texts, scan.labels)

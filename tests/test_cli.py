@@ -55,8 +55,11 @@ def test_missing_image(tiny_model):
 
 
 def test_rereading_without_views_is_refused():
-    result = run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9")
+    result = run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9", "--views", "1")
     assert result.returncode == 2 and "--reread-below needs --views" in result.stderr
+    # The shipped default-style model reads once unless told otherwise: refused as well.
+    assert_one_line_error(run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9"),
+                          "--reread-below needs --views 2 or more (this model reads each image once")
 
 
 def test_empty_and_missing_folder(tiny_model, bad_files):
@@ -135,32 +138,36 @@ def test_train_skips_bad_files_and_says_how_many(captcha_dir, bad_files, tmp_pat
     assert "skipped 1 unreadable images" in result.stdout
 
 
-def test_color_distance_is_stored_with_the_model_used_by_test_py_and_kept_by_fine_tuning(
+def test_reading_options_are_stored_with_the_model_used_by_test_py_and_kept_by_fine_tuning(
         captcha_dir, tmp_path):
+    """Colour distance and the number of views travel in the model's spec: test.py reads with
+    them without flags, and a model fine-tuned from it keeps them."""
     from model import load_reader, read_files
 
     paths = sorted(captcha_dir.glob("*.png"))[:20]
     out = tmp_path / "out"
     result = run("train.py", "--data-dir", str(captcha_dir), "--limit", "20", "--epochs", "1",
-                 "--batch-size", "8", "--out", str(out), "--color-distance")
+                 "--batch-size", "8", "--out", str(out), "--color-distance", "--views", "3")
     assert result.returncode == 0, result.stderr
     model_path = out / "crnn_ctc_final.keras"
-    assert json.loads(model_path.with_suffix(".json").read_text())["color_distance"] is True
+    stored = json.loads(model_path.with_suffix(".json").read_text())
+    assert stored["color_distance"] is True and stored["views"] == 3
     out_csv = tmp_path / "colour.csv"
     result = run("test.py", "--model", str(model_path), "--folder", str(captcha_dir), "--limit",
                  "20", "--output", str(out_csv), "--quiet")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     model, spec = load_reader(model_path)
-    texts, confidences = read_files(model, spec, paths)
+    texts, confidences = read_files(model, spec, paths, views=3)
     assert [r["prediction"] for r in rows] == texts
     assert np.allclose([float(r["confidence"]) for r in rows], confidences, atol=1e-4)
     again = tmp_path / "again"
     result = run("train.py", "--init-from", str(model_path), "--data-dir", str(captcha_dir), "--limit",
                  "20", "--epochs", "0", "--out", str(again))
     assert result.returncode == 0, result.stderr
-    assert "reading: colour distance" in result.stdout
-    assert json.loads((again / "crnn_ctc_final.json").read_text())["color_distance"] is True
+    assert "reading: colour distance, 3 views" in result.stdout
+    stored = json.loads((again / "crnn_ctc_final.json").read_text())
+    assert stored["color_distance"] is True and stored["views"] == 3
 
 
 def test_training_cache_stays_out_of_read_only_data(tmp_path):

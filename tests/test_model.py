@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -114,7 +115,10 @@ def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir
     # Plain keras loading, safe mode on: no Lambda layer, no custom code needed.
     plain = keras.saving.load_model(tiny_model, safe_mode=True, compile=False)
     with zipfile.ZipFile(tiny_model) as archive:
-        assert "Lambda" not in archive.read("config.json").decode()
+        config = archive.read("config.json").decode()
+        assert "Lambda" not in config
+        # The inference model only: no optimizer state, which would triple the file.
+        assert "compile_config" not in config and b"optimizer" not in archive.read("model.weights.h5")
     model, spec = load_reader(tiny_model)
     assert spec == LabelSpec()
     images = np.stack([load_and_preprocess(p) for p in sorted(captcha_dir.glob("*.png"))[:8]])
@@ -128,6 +132,12 @@ def test_trained_model_reloads_in_safe_mode_and_predicts(tiny_model, captcha_dir
     expected = np.exp(np.mean(np.log(np.clip(shifted, 1e-8, 1.0)), axis=0))
     np.testing.assert_allclose(views, expected / expected.sum(-1, keepdims=True), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(predict_probs(model, images), plain.predict_on_batch(images), atol=1e-6)
+    # A spec that says three views makes them the default reading; `views=` still overrides it.
+    three = replace(spec, views=3)
+    by_spec = predict_texts(model, images, three)[1]
+    np.testing.assert_allclose(by_spec, predict_texts(model, images, spec, views=3)[1], rtol=1e-5)
+    assert not np.allclose(by_spec, confidences, rtol=1e-5, atol=0)
+    np.testing.assert_allclose(predict_texts(model, images, three, views=1)[1], confidences, rtol=1e-5)
     # Batches of 3, 2, 8 and 24 (8 images in 3 views): one graph, traced once.
     assert _inference_graphs[model].experimental_get_tracing_count() == 1
     assert all(set(t) <= set(spec.charset) and len(t) <= time_steps(spec) for t in texts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -170,6 +172,12 @@ def test_spec_validation_and_round_trip(tmp_path):
     assert spec.decode(list(encoded) + [0, -1]) == "aB3xQ"
     spec.save(tmp_path / "m.json")
     assert LabelSpec.load(tmp_path / "m.json") == spec
+    # Specs saved before `views` existed read once per image, as their models always did.
+    older = {k: v for k, v in json.loads((tmp_path / "m.json").read_text()).items() if k != "views"}
+    (tmp_path / "old.json").write_text(json.dumps(older))
+    assert LabelSpec.load(tmp_path / "old.json").views == 1
+    with pytest.raises(ValueError, match="views"):
+        LabelSpec(views=0)
     with pytest.raises(ValueError):
         LabelSpec(charset="AAB")
 
