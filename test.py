@@ -57,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--output must end in .csv or .json")
     if args.limit is not None and args.limit < 1:
         p.error("--limit must be positive")
-    if args.batch_size < 1 or args.beam_width < 1 or (args.views or 1) < 1:
+    if args.batch_size < 1 or args.beam_width < 1 or (args.views is not None and args.views < 1):
         p.error("--batch_size, --beam-width and --views must be positive")
     if args.reread_below and args.views == 1:
         p.error(REREAD_NEEDS_VIEWS)

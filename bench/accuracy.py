@@ -61,6 +61,8 @@ def main() -> int:
     parser.add_argument("--top", type=int, default=15, help="confusion pairs to list")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args()
+    if args.views is not None and args.views < 1:
+        parser.error("--views must be positive")
 
     model, spec = load_reader(args.model)
     args.views = args.views or spec.views

@@ -54,9 +54,11 @@ def test_missing_image(tiny_model):
                           "image not found")
 
 
-def test_rereading_without_views_is_refused():
+def test_views_must_be_positive_and_rereading_needs_two_or_more():
     result = run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9", "--views", "1")
     assert result.returncode == 2 and "--reread-below needs --views" in result.stderr
+    result = run("test.py", "--folder", "tests/data/sample200", "--views", "0")
+    assert result.returncode == 2 and "--views must be positive" in result.stderr
     # The shipped default-style model reads once unless told otherwise: refused as well.
     assert_one_line_error(run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9"),
                           "--reread-below needs --views 2 or more (this model reads each image once")
