@@ -272,6 +272,11 @@ def placement(h: int, w: int) -> tuple[float, int, int, int, int]:
     return scale, new_h, new_w, (IMG_HEIGHT - new_h) // 2, (IMG_WIDTH - new_w) // 2
 
 
+def equalize_contrast(gray: np.ndarray) -> np.ndarray:
+    """CLAHE: faint and dark CAPTCHAs alike reach the model with full-range local contrast."""
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 8)).apply(gray)
+
+
 def preprocess_image(
     image: np.ndarray | Image.Image,
     auto_crop: bool = False,
@@ -321,7 +326,7 @@ def preprocess_image(
         stages["2_resized"] = canvas
     if strong:
         canvas = cv2.erode(canvas, np.ones((2, 2), np.uint8))  # dark strokes grow
-    canvas = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 8)).apply(canvas)
+    canvas = equalize_contrast(canvas)
     if stages is not None:
         stages["3_clahe"] = canvas
     return (canvas.astype(np.float32) / 255.0)[..., None]
