@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 from captcha.image import ImageCaptcha
 from PIL import Image, ImageDraw, ImageFilter
+from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,12 +161,9 @@ def pair_separation(p_second: np.ndarray, is_second: np.ndarray) -> tuple[float,
     """For a pair: the mean of the two swap rates at the threshold on P(second symbol) that
     makes it least, and the AUC. Unlike the argmax's swaps, neither depends on where training
     happened to put the line between the two."""
-    second, first = p_second[is_second], p_second[~is_second]
-    thresholds = np.quantile(p_second, np.linspace(0.001, 0.999, 999))
-    balanced = min(((first >= t).mean() + (second < t).mean()) / 2 for t in thresholds)
-    ranks = np.argsort(np.argsort(np.concatenate([second, first]))) + 1
-    auc = (ranks[:len(second)].sum() - len(second) * (len(second) + 1) / 2) / (len(second) * len(first))
-    return float(balanced), float(auc)
+    first_read_as_second, second_read_as_second, _ = roc_curve(is_second, p_second)
+    balanced = np.min((first_read_as_second + 1 - second_read_as_second) / 2)
+    return float(balanced), float(roc_auc_score(is_second, p_second))
 
 
 def learned_confusions(symbols: str, per_symbol: int, epochs: int, in_captcha: bool = False,

@@ -19,6 +19,8 @@ def test_pair_separation_scores_the_line_not_where_training_put_it():
     assert separability.pair_separation(shifted, is_second) == (0.0, 1.0)
     balanced, auc = separability.pair_separation(np.where(is_second, 0.1, 0.9), is_second)
     assert auc == 0.0 and balanced == 0.5  # the wrong way round: no threshold helps
+    # Scores that say nothing (a saturated classifier) are chance, whatever their order.
+    assert separability.pair_separation(np.ones(1000), is_second) == (0.5, 0.5)
     noise = np.random.default_rng(0).random(1000)
     balanced, auc = separability.pair_separation(noise, is_second)
     assert 0.4 < balanced <= 0.5 and abs(auc - 0.5) < 0.06
