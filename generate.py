@@ -34,7 +34,9 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
-from preprocess import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH, label_from_path
+from files import atomic_path
+from preprocess import label_from_path
+from spec import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
 STYLES = ("default", "varied", "multicolorcaptcha")
@@ -202,16 +204,15 @@ def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
 
 def _write_one(path: str, style: str, seed: int) -> None:
     label = label_from_path(path)
-    tmp = f"{path}.partial.png"
-    if style == "varied":
-        draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
-    elif style == "multicolorcaptcha":
-        draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
-    else:
-        from captcha.image import ImageCaptcha
+    with atomic_path(path) as tmp:
+        if style == "varied":
+            draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
+        elif style == "multicolorcaptcha":
+            draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
+        else:
+            from captcha.image import ImageCaptcha
 
-        ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT).write(label, tmp)
-    os.replace(tmp, path)
+            ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT).write(label, tmp)
 
 
 def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
@@ -238,7 +239,7 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
             jobs = pool.map(partial(_write_one, style=style, seed=seed), missing, chunksize=64)
             for _ in tqdm(jobs, total=len(missing), desc=f"generate {out_dir}", unit="img",
-                          disable=not progress):
+                          disable=None if progress else True):  # None: off in a pipe
                 pass
     return paths
 

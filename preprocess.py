@@ -1,122 +1,41 @@
-"""Data preparation: labels from file names, one image preprocessing function, splits.
+"""Data preparation: labels from file names, loading any image, the one preprocessing
+function, the training cache and the split.
 
-Every image, in training and at inference, goes through `preprocess_image`, so the
-model always sees the same kind of input. The label alphabet, its lengths and the
-image size are described by one `LabelSpec`, which is saved beside every model.
+Every image, in training and at inference, goes through `preprocess_image`, so the model
+always sees the same kind of input; the size and options come from the model's spec.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
+import io
 import os
-import string
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from functools import lru_cache, reduce
 from pathlib import Path
+from typing import Union
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-IMG_HEIGHT = 50
-IMG_WIDTH = 200
-DEFAULT_CHARSET = string.ascii_uppercase + string.ascii_lowercase + string.digits
-DEFAULT_LABEL_LENGTH = 5
+from files import atomic_path
+from spec import ModelSpec
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 PREPROCESS_VERSION = 2  # bump when preprocess_image changes, to invalidate caches
-# Labelled sets made by others (file name = label, a SOURCE.md each), kept beside the clone,
-# never inside it: the benchmarks and tests read them in place.
-REALDATA_DIR = Path(__file__).resolve().parent.parent / "shared" / "realdata"
+
+# What a reader accepts as one image: a file path, the encoded bytes of a file (PNG, JPEG,
+# GIF, ... as a web page serves them), a PIL image, or a uint8 array (H, W) or (H, W, 3|4)
+# in RGB(A) order (OpenCV users hold BGR: convert with cv2.cvtColor first).
+ImageSource = Union[str, Path, bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
 class ImageReadError(ValueError):
-    """An image file is missing, empty, corrupt or not an image at all."""
-
-
-@dataclass(frozen=True)
-class LabelSpec:
-    """What a model reads: its alphabet, label lengths and preprocessing options.
-
-    Index 0 of the model output is the CTC blank; symbol `charset[i]` is class i + 1.
-    """
-
-    charset: str = DEFAULT_CHARSET
-    min_length: int = DEFAULT_LABEL_LENGTH
-    max_length: int = DEFAULT_LABEL_LENGTH
-    img_height: int = IMG_HEIGHT
-    img_width: int = IMG_WIDTH
-    auto_crop: bool = False
-    # Ink as colour distance from the local background instead of brightness (color_ink_map).
-    color_distance: bool = False
-    # Readings per image, shifted sideways and averaged (model.predict_probs), unless the caller
-    # asks otherwise: a model that reads much better with views (multicolorcaptcha) reads so
-    # by default, and its calibration was fitted on readings made this way.
-    views: int = 1
-    # Logistic map from the log best-path probability to P(answer right), fitted on
-    # validation data after training: (slope, intercept). None: the raw probability.
-    calibration: tuple[float, float] | None = field(default=None, compare=False)
-
-    def __post_init__(self) -> None:
-        if not self.charset:
-            raise ValueError("charset is empty")
-        if len(set(self.charset)) != len(self.charset):
-            raise ValueError(f"charset has repeated symbols: {self.charset!r}")
-        if self.calibration is not None:
-            object.__setattr__(self, "calibration", tuple(float(v) for v in self.calibration))
-        if not 1 <= self.min_length <= self.max_length:
-            raise ValueError(f"invalid label lengths {self.min_length}..{self.max_length}")
-        if self.views < 1:
-            raise ValueError(f"views must be positive, not {self.views}")
-
-    @property
-    def num_classes(self) -> int:
-        """Symbols plus the CTC blank."""
-        return len(self.charset) + 1
-
-    def label_problem(self, label: str) -> str | None:
-        """Why `label` cannot be used with this spec, or None if it can."""
-        if not self.min_length <= len(label) <= self.max_length:
-            return "wrong length"
-        if any(c not in self.charset for c in label):
-            return "unknown characters"
-        return None
-
-    def encode(self, label: str) -> np.ndarray:
-        """Text -> class indices (1-based, 0 is the blank), padded with 0 to max_length."""
-        out = np.zeros(self.max_length, dtype=np.int32)
-        out[: len(label)] = [self.charset.index(c) + 1 for c in label]
-        return out
-
-    def encode_all(self, labels: list[str]) -> np.ndarray:
-        """(N, max_length) training targets, one encoded label per row."""
-        return np.stack([self.encode(label) for label in labels])
-
-    def decode(self, indices) -> str:
-        """Class indices -> text; blanks, padding (0) and -1 are dropped."""
-        return "".join(self.charset[i - 1] for i in indices if 0 < i <= len(self.charset))
-
-    def save(self, path: str | Path) -> None:
-        """Write the spec as JSON atomically (temp file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(asdict(self), indent=2, sort_keys=True))
-        os.replace(tmp, path)
-
-    @classmethod
-    def load(cls, path: str | Path) -> "LabelSpec":
-        data = json.loads(Path(path).read_text())
-        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
-        return cls(**known)
-
-
-def spec_path_for(model_path: str | Path) -> Path:
-    """The spec JSON that travels beside a model: `x.keras` -> `x.json`."""
-    return Path(model_path).with_suffix(".json")
+    """An image is missing, empty, corrupt, not an image at all, or an unusable array."""
 
 
 def label_from_path(path: str | Path) -> str:
@@ -135,23 +54,67 @@ def list_images(folder: str | Path) -> list[Path]:
     )
 
 
-def read_image(path: str | Path, color: bool = False) -> np.ndarray:
-    """Read any common image file as 8-bit grayscale (H, W), or RGB (H, W, 3) with `color`.
+def describe(source: ImageSource) -> str:
+    """How an error message names an image: its path, or what kind of object it is."""
+    if isinstance(source, (str, Path)):
+        return str(source)
+    if isinstance(source, np.ndarray):
+        return f"array {source.shape} {source.dtype}"
+    return f"{type(source).__name__} image" if isinstance(source, Image.Image) else type(source).__name__
 
-    Handles RGB, RGBA (composited on white), palette, 16-bit and animated files
-    (first frame). Raises ImageReadError with the reason instead of a library error.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise ImageReadError(f"image not found: {path}")
-    if path.stat().st_size == 0:
-        raise ImageReadError(f"empty file: {path}")
+
+def open_image(source: ImageSource) -> Image.Image:
+    """Any accepted source -> a loaded PIL image; raises ImageReadError with the reason."""
+    if isinstance(source, Image.Image):
+        return source
+    if isinstance(source, np.ndarray):
+        return image_from_array(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise ImageReadError(f"image not found: {path}")
+        if path.stat().st_size == 0:
+            raise ImageReadError(f"empty file: {path}")
+        opener = path
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageReadError("empty image bytes")
+        opener = io.BytesIO(source)
+    else:
+        raise ImageReadError(f"not an image: a {type(source).__name__} (give a path, bytes, "
+                             "a PIL image or a uint8 array)")
     try:
-        with Image.open(path) as img:
+        with Image.open(opener) as img:
             img.load()
-            return to_rgb(img) if color else to_grayscale(img)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise ImageReadError(f"not a readable image: {path} ({err})") from None
+            return img.copy()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        raise ImageReadError(f"not a readable image: {describe(source)} ({err})") from None
+
+
+def image_from_array(array: np.ndarray) -> Image.Image:
+    """A uint8 array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA -> PIL image."""
+    if array.dtype != np.uint8:
+        raise ImageReadError(f"image arrays must be uint8, not {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise ImageReadError(f"image arrays must be (H, W), (H, W, 3) or (H, W, 4), not {array.shape}")
+    if array.size == 0:
+        raise ImageReadError(f"image array has no pixels: {array.shape}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def load_image(source: ImageSource, color: bool = False) -> np.ndarray:
+    """Any accepted source as 8-bit grayscale (H, W), or RGB (H, W, 3) with `color`.
+
+    Handles RGB, RGBA (composited on white), palette, 16-bit and animated images (first
+    frame) alike, whether they come as files, bytes, PIL images or arrays.
+    """
+    img = open_image(source)
+    if img.width == 0 or img.height == 0:
+        raise ImageReadError(f"image has no pixels: {describe(source)}")
+    return to_rgb(img) if color else to_grayscale(img)
 
 
 def _flatten(img: Image.Image) -> Image.Image:
@@ -263,13 +226,14 @@ def text_box(gray: np.ndarray, margin: int = 4) -> tuple[slice, slice]:
     return rows, slice(max(0, x0 - margin), min(w, x1 + margin + 1))
 
 
-def placement(h: int, w: int) -> tuple[float, int, int, int, int]:
-    """Where `preprocess_image` puts an h x w image in the model's input: the scale that fits
-    it with its aspect ratio kept, the resized height and width, and the top and left offsets
-    that centre it."""
-    scale = min(IMG_WIDTH / w, IMG_HEIGHT / h)
+def placement(h: int, w: int, shape: tuple[int, int]) -> tuple[float, int, int, int, int]:
+    """Where `preprocess_image` puts an h x w image in a model input of `shape` (height,
+    width): the scale that fits it with its aspect ratio kept, the resized height and width,
+    and the top and left offsets that centre it."""
+    height, width = shape
+    scale = min(width / w, height / h)
     new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
-    return scale, new_h, new_w, (IMG_HEIGHT - new_h) // 2, (IMG_WIDTH - new_w) // 2
+    return scale, new_h, new_w, (height - new_h) // 2, (width - new_w) // 2
 
 
 def equalize_contrast(gray: np.ndarray) -> np.ndarray:
@@ -277,31 +241,28 @@ def equalize_contrast(gray: np.ndarray) -> np.ndarray:
     return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 8)).apply(gray)
 
 
-def preprocess_image(
-    image: np.ndarray | Image.Image,
-    auto_crop: bool = False,
-    invert: bool | None = None,
-    strong: bool = False,
-    stages: dict | None = None,
-    color_distance: bool = False,
-) -> np.ndarray:
-    """Grey or RGB image -> (50, 200, 1) float32 in [0, 1], dark text on a light background.
+def preprocess_image(image: np.ndarray | Image.Image, spec: ModelSpec, *, invert: bool | None = None,
+                     strong: bool = False, auto_crop: bool | None = None,
+                     stages: dict | None = None) -> np.ndarray:
+    """Grey or RGB image -> (H, W, 1) float32 in [0, 1] at the spec's size, dark text on a
+    light background.
 
     Resize keeps the aspect ratio and pads with the background level (a colour-distance
     map's white, or black if inverted), so glyphs are never stretched; CLAHE evens out contrast.
     `invert=None` flips images whose background is darker than mid-grey (never a
     colour-distance map, dark on light by construction), so all styles reach the model with
-    the same polarity. `strong` thickens thin strokes. `auto_crop` first cuts the image to
-    `text_box`. `color_distance` replaces brightness by `color_ink_map`. If `stages` is a
-    dict, each intermediate image is stored in it.
+    the same polarity. `strong` thickens thin strokes. `auto_crop` (None: the spec's) first
+    cuts the image to `text_box`. The spec's `color_distance` replaces brightness by
+    `color_ink_map`. If `stages` is a dict, each intermediate image is stored in it.
     """
+    color_distance = spec.color_distance
     if isinstance(image, Image.Image):
         image = to_rgb(image) if color_distance else to_grayscale(image)
     image = np.asarray(image, np.uint8)
     if image.size == 0:
         raise ImageReadError("image has no pixels")
     gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
-    if auto_crop:
+    if spec.auto_crop if auto_crop is None else auto_crop:
         box = text_box(gray)
         image, gray = image[box], gray[box]
     if color_distance:
@@ -313,14 +274,14 @@ def preprocess_image(
     if invert:
         gray = 255 - gray
     h, w = gray.shape
-    scale, new_h, new_w, top, left = placement(h, w)
+    scale, new_h, new_w, top, left = placement(h, w, spec.image_shape)
     interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC
     resized = cv2.resize(gray, (new_w, new_h), interpolation=interpolation)
     if color_distance:  # the map's background is white by construction, black once inverted
         pad = 0 if invert else 255
     else:
         pad = background_level(gray)
-    canvas = np.full((IMG_HEIGHT, IMG_WIDTH), pad, dtype=np.uint8)
+    canvas = np.full(spec.image_shape, pad, dtype=np.uint8)
     canvas[top: top + new_h, left: left + new_w] = resized
     if stages is not None:
         stages["2_resized"] = canvas
@@ -332,34 +293,31 @@ def preprocess_image(
     return (canvas.astype(np.float32) / 255.0)[..., None]
 
 
-def load_and_preprocess(path: str | Path, auto_crop: bool = False, color_distance: bool = False,
-                        invert: bool | None = None, strong: bool = False) -> np.ndarray:
-    """Read a file (in colour when `color_distance` needs it) and preprocess it; raises
-    ImageReadError for unreadable files."""
-    return preprocess_image(read_image(path, color=color_distance), auto_crop, invert, strong,
-                            color_distance=color_distance)
+def prepare(source: ImageSource, spec: ModelSpec, *, invert: bool | None = None,
+            strong: bool = False) -> np.ndarray:
+    """Load any accepted image (in colour when the spec's colour distance needs it) and
+    preprocess it; raises ImageReadError for unreadable input."""
+    return preprocess_image(load_image(source, color=spec.color_distance), spec, invert=invert,
+                            strong=strong)
 
 
-def load_and_preprocess_many(paths: list[Path], auto_crop: bool = False, color_distance: bool = False,
-                             invert: bool | None = None,
-                             strong: bool = False) -> list[np.ndarray | ImageReadError]:
-    """`load_and_preprocess` for a batch of files on all cores, results in input order.
+def in_parallel(work, items: list) -> list:
+    """`work` over `items` on all cores, results in input order; an ImageReadError is
+    returned in its item's place, so the caller decides whether to skip it or stop.
 
-    An unreadable file gives its ImageReadError in its place, so the caller decides whether to
-    skip it or stop. Threads suffice (Pillow's decoders and OpenCV release the GIL) and cost
-    far less to start than processes: 1.7x faster than one file at a time on 2 cores. All
-    calls share one pool that lives as long as the process, so reading one file at a time
-    does not pay to start threads.
+    Threads suffice (Pillow's decoders and OpenCV release the GIL) and cost far less to
+    start than processes: 1.7x faster than one item at a time on 2 cores. All calls share
+    one pool that lives as long as the process.
     """
-    def load_one(path: Path) -> np.ndarray | ImageReadError:
+    def guarded(item):
         try:
-            return load_and_preprocess(path, auto_crop, color_distance, invert, strong)
+            return work(item)
         except ImageReadError as err:
             return err
 
-    if len(paths) == 1:  # one file at a time (a QA script): handing it to a thread costs 10%
-        return [load_one(paths[0])]
-    return list(_thread_pool().map(load_one, paths))
+    if len(items) == 1:  # one image at a time (a QA script): handing it to a thread costs 10%
+        return [guarded(items[0])]
+    return list(_thread_pool().map(guarded, items))
 
 
 @lru_cache(maxsize=1)
@@ -382,7 +340,7 @@ class Dataset:
             parts.append(f"skipped {sum(self.skipped.values())} ({why})")
         return "; ".join(parts)
 
-    def filtered(self, spec: LabelSpec) -> "Dataset":
+    def filtered(self, spec: ModelSpec) -> "Dataset":
         """Only the labels `spec` can read; the others are counted by reason."""
         paths, labels, skipped = [], [], Counter(self.skipped)
         for path, label in zip(self.paths, self.labels):
@@ -395,7 +353,7 @@ class Dataset:
         return Dataset(paths, labels, skipped)
 
 
-def scan_labelled_folder(folder: str | Path, spec: LabelSpec | None) -> Dataset:
+def scan_labelled_folder(folder: str | Path, spec: ModelSpec | None) -> Dataset:
     """Find images whose file name is a label; with a spec, keep only valid labels."""
     paths, labels, skipped = [], [], Counter()
     for path in list_images(folder):
@@ -409,7 +367,7 @@ def scan_labelled_folder(folder: str | Path, spec: LabelSpec | None) -> Dataset:
     return found.filtered(spec) if spec else found
 
 
-def readable_labelled_images(folder: str | Path, spec: LabelSpec) -> Dataset:
+def readable_labelled_images(folder: str | Path, spec: ModelSpec) -> Dataset:
     """`scan_labelled_folder` for reading with a model: raises ValueError when no image is
     left, so a benchmark says why instead of printing figures of nothing."""
     scan = scan_labelled_folder(folder, spec)
@@ -418,37 +376,27 @@ def readable_labelled_images(folder: str | Path, spec: LabelSpec) -> Dataset:
     return scan
 
 
-def infer_spec(labels: list[str]) -> LabelSpec:
-    """Charset and length range that cover every label, in a stable order."""
-    if not labels:
-        raise ValueError("no labels to infer a charset from")
-    symbols = set("".join(labels))
-    ordered = [c for c in DEFAULT_CHARSET if c in symbols] + sorted(symbols - set(DEFAULT_CHARSET))
-    lengths = [len(s) for s in labels]
-    return LabelSpec("".join(ordered), min(lengths), max(lengths))
-
-
-def _preprocess_to_uint8(args: tuple[str, bool, bool]) -> np.ndarray | None:
-    path, auto_crop, color_distance = args
+def _preprocess_to_uint8(args: tuple[str, ModelSpec]) -> np.ndarray | None:
+    path, spec = args
     try:
-        image = load_and_preprocess(path, auto_crop, color_distance)
-        return np.round(image[..., 0] * 255).astype(np.uint8)
+        return np.round(prepare(path, spec)[..., 0] * 255).astype(np.uint8)
     except ImageReadError:
         return None
 
 
-def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool = False,
-                       color_distance: bool = False,
+def preprocessed_cache(paths: list[Path], cache_dir: str | Path, spec: ModelSpec,
                        workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Preprocess every image once, in parallel, into a uint8 array memory-mapped from disk.
 
-    Returns (images memmap of shape (N, 50, 200), ok mask). Unreadable files get ok=False.
-    The cache is keyed by the files (name, size, mtime) and the preprocessing version, so a
-    changed folder is preprocessed again while an unchanged one costs nothing. uint8 is
-    lossless here (CLAHE output is 8-bit) and 4x smaller than float32: 123k images take 1.2 GB
-    on disk and only the pages in use occupy memory.
+    Returns (images memmap of shape (N, height, width), ok mask). Unreadable files get
+    ok=False. The cache is keyed by the files (name, size, mtime), the preprocessing version
+    and the spec's size and options, so a changed folder is preprocessed again while an
+    unchanged one costs nothing. uint8 is lossless here (CLAHE output is 8-bit) and 4x
+    smaller than float32: 123k images take 1.2 GB on disk and only the pages in use occupy
+    memory.
     """
-    key = hashlib.sha1(f"v{PREPROCESS_VERSION} crop={auto_crop} color={color_distance}".encode())
+    key = hashlib.sha1(f"v{PREPROCESS_VERSION} crop={spec.auto_crop} color={spec.color_distance}"
+                       f" size={spec.image_shape}".encode())
     for p in paths:
         st = os.stat(p)
         key.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())
@@ -458,27 +406,30 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, auto_crop: bool
     ok_path = cache_dir / f"{key.hexdigest()[:16]}.ok.npy"
     if images_path.exists() and ok_path.exists():
         return np.load(images_path, mmap_mode="r"), np.load(ok_path)
-    partial = images_path.with_name(images_path.name + ".partial")
-    images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                       shape=(len(paths), IMG_HEIGHT, IMG_WIDTH))
     ok = np.zeros(len(paths), dtype=bool)
-    jobs = [(str(p), auto_crop, color_distance) for p in paths]
-    with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = pool.map(_preprocess_to_uint8, jobs, chunksize=256)
-        for i, arr in enumerate(tqdm(results, total=len(jobs), desc="preprocess", unit="img")):
-            if arr is not None:
-                images[i] = arr
-                ok[i] = True
-    images.flush()
-    del images
-    os.replace(partial, images_path)
-    np.save(ok_path, ok)
+    with atomic_path(images_path) as partial:
+        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                           shape=(len(paths), *spec.image_shape))
+        jobs = [(str(p), spec) for p in paths]
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+            results = pool.map(_preprocess_to_uint8, jobs, chunksize=256)
+            for i, arr in enumerate(tqdm(results, total=len(jobs), desc="preprocess", unit="img",
+                                         disable=None)):
+                if arr is not None:
+                    images[i] = arr
+                    ok[i] = True
+        images.flush()
+        del images
+    with atomic_path(ok_path) as partial:
+        np.save(partial, ok)
     return np.load(images_path, mmap_mode="r"), ok
 
 
 def split_dataset(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1,
                   seed: int = 42) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seeded train/validation/test index split (scikit-learn); a zero fraction is empty."""
+    from sklearn.model_selection import train_test_split  # 2 s to import: only training needs it
+
     indices = np.arange(n)
     if n < 3:
         raise ValueError(f"need at least 3 images to split, got {n}")

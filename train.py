@@ -8,7 +8,7 @@
 Images are named by their label (`aB3xQ.png`, `aB3xQ_2.png`). Preprocessed images are cached
 on disk as uint8 and streamed in batches by tf.data, so memory stays bounded as data grows.
 Stopping a run (Ctrl-C, kill) is safe: started again with the same arguments, it resumes
-from the last finished epoch. Model files are written to a temp file, then renamed.
+from the last finished epoch. Every file is written to a temporary name, then renamed.
 """
 
 from __future__ import annotations
@@ -21,21 +21,22 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-from model import (ModelLoadError, average_weights, build_model, ctc_loss,  # noqa: I001
-                   fit_calibration, load_reader, predict_texts, replace_output_layer, save_reader,
-                   with_dropout)
+from model import build_model, ctc_loss, load_reader, replace_output_layer, save_reader, with_dropout  # noqa: I001
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
+from decode import fit_calibration  # noqa: E402
+from files import atomic_path, write_text_atomic  # noqa: E402
 from generate import STYLES, generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from preprocess import (LabelSpec, infer_spec, label_from_path,  # noqa: E402
-                        preprocessed_cache, scan_labelled_folder, split_dataset)
+from preprocess import label_from_path, preprocessed_cache, scan_labelled_folder, split_dataset  # noqa: E402
+from reader import Reader  # noqa: E402
+from spec import ModelLoadError, ModelSpec, infer_spec  # noqa: E402
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
 DEFAULT_SYNTHETIC_COUNT = 40000
@@ -43,7 +44,47 @@ SMALL_DATA = 2000
 MIN_STEPS_PER_EPOCH = 50  # tiny sets repeat within an epoch, so patience counts real progress
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a run depends on, from the command line; saved beside the run's metrics.
+    Runs whose configs differ only in `epochs` share one resume state (`fingerprint`)."""
+
+    data_dir: str | None = None
+    synthetic_count: int = DEFAULT_SYNTHETIC_COUNT
+    epochs: int = 30
+    batch_size: int | None = None
+    limit: int | None = None
+    lr: float | None = None
+    out: str = "saved_model"
+    name: str = "crnn_ctc"
+    seed: int = 42
+    charset: str | None = None
+    min_length: int | None = None
+    max_length: int | None = None
+    auto_crop: bool = False
+    color_distance: bool = False
+    views: int | None = None
+    init_from: str | None = None
+    no_augment: bool = False
+    val_fraction: float = 0.1
+    test_fraction: float = 0.1
+    patience: int = 6
+    fresh_images: int | None = None
+    fresh_style: str = "default"
+    fresh_oversample: str = ""
+    fresh_seed: int = 1000
+    dropout: float | None = None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+    def fingerprint(self) -> str:
+        keys = {k: v for k, v in asdict(self).items() if k != "epochs"}
+        return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def parse_args(argv: list[str] | None) -> TrainConfig:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data-dir", help="folder of images named <label>.png; omitted: synthetic "
                    f"CAPTCHAs are generated into {DEFAULT_SYNTHETIC_DIR}/ (reused when present)")
@@ -52,8 +93,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=30, help="maximum passes over the training split; "
                    "0 with --init-from: no training, only refit the confidence calibration on the "
                    "validation split of --data-dir and score the test split")
-    p.add_argument("--batch-size", type=int, help="images per training step (default 64; 16 when "
-                   f"fewer than {SMALL_DATA} images train, for enough steps per epoch)")
+    p.add_argument("--batch-size", "--batch_size", type=int, help="images per training step (default "
+                   f"64; 16 when fewer than {SMALL_DATA} images train, for enough steps per epoch)")
     p.add_argument("--limit", type=int, help="use only the first N labelled images (quick runs)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3, 3e-4 with --init-from)")
     p.add_argument("--out", default="saved_model", help="folder for checkpoints and metrics")
@@ -77,9 +118,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "--init-from model's, else 1)")
     p.add_argument("--init-from", help="fine-tune from this model: keeps its feature and sequence "
                    "layers, new output layer if the charset differs")
-    p.add_argument("--average-with", nargs="+", default=[], metavar="MODEL", help="start from the "
-                   "mean of the weights of the --init-from model and these (same layout and charset: "
-                   "other runs fine-tuned from the same start); with --epochs 0 the mean is the model")
     p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
                    "contrast and noise on training images")
     p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation")
@@ -97,14 +135,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "epoch; give chained runs different ones so that no image repeats")
     p.add_argument("--dropout", type=float, help="rate of the model's dropout layers (default: 0.2 "
                    "for a new model, the loaded model's own with --init-from); 0 suits --fresh-images, "
-                   "where no image repeats and a small model needs all of itself to fit the generator")
+                   "where no image repeats")
     args = p.parse_args(argv)
     if args.epochs < 0 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
         p.error("--epochs must not be negative, --batch-size must be positive, --limit at least 3")
     if args.epochs == 0 and not args.init_from:
         p.error("--epochs 0 (calibrate only) needs a model to calibrate: --init-from")
-    if args.average_with and not args.init_from:
-        p.error("--average-with needs the first model to average: --init-from")
     if args.fresh_images is not None and args.fresh_images < 1:
         p.error("--fresh-images must be positive")
     if args.fresh_oversample and not args.fresh_images:
@@ -113,17 +149,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--views must be positive")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
-    return args
+    return TrainConfig.from_args(args)
 
 
-def resolve_data(args: argparse.Namespace) -> Path:
+def resolve_data(config: TrainConfig) -> Path:
     """The data folder: --data-dir, or the synthetic default set (made on first use)."""
-    if args.data_dir:
-        data_dir = Path(args.data_dir)
+    if config.data_dir:
+        data_dir = Path(config.data_dir)
         if not data_dir.is_dir():
             raise FileNotFoundError(f"data folder not found: {data_dir}")
         return data_dir
-    generate_captchas(DEFAULT_SYNTHETIC_DIR, args.synthetic_count, seed=0)
+    generate_captchas(DEFAULT_SYNTHETIC_DIR, config.synthetic_count, seed=0)
     return DEFAULT_SYNTHETIC_DIR
 
 
@@ -138,22 +174,23 @@ def cache_dir_for(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / "captcha-crnn-cache"
 
 
-def choose_spec(labels: list[str], args: argparse.Namespace, init_spec: LabelSpec | None) -> LabelSpec:
+def choose_spec(labels: list[str], config: TrainConfig, init_spec: ModelSpec | None) -> ModelSpec:
     """Flags first; then the default spec for synthetic data, the pretrained model's spec
     if every label fits it, or the charset and lengths found in the labels. A pretrained
-    model's preprocessing options stay on: its features were learned on images read that way;
-    so does its number of views unless --views says otherwise."""
-    if not args.data_dir:
-        base = LabelSpec()
+    model's input size and preprocessing options stay: its features were learned on images
+    read that way; so does its number of views unless --views says otherwise."""
+    if not config.data_dir:
+        base = ModelSpec()
     elif init_spec is not None and all(init_spec.label_problem(s) is None for s in labels):
         base = init_spec
     else:
         base = infer_spec(labels)
-    reading = init_spec or LabelSpec()
-    return LabelSpec(args.charset or base.charset, args.min_length or base.min_length,
-                     args.max_length or base.max_length, auto_crop=args.auto_crop or reading.auto_crop,
-                     color_distance=args.color_distance or reading.color_distance,
-                     views=args.views or reading.views)
+    reading = init_spec or ModelSpec()
+    return ModelSpec(config.charset or base.charset, config.min_length or base.min_length,
+                     config.max_length or base.max_length, reading.img_height, reading.img_width,
+                     auto_crop=config.auto_crop or reading.auto_crop,
+                     color_distance=config.color_distance or reading.color_distance,
+                     views=config.views or reading.views)
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -179,7 +216,7 @@ def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.clip_by_value(images + noise, 0.0, 1.0)
 
 
-class ImageSource:
+class BatchSource:
     """Preprocessed uint8 images (N, H, W), usually memory-mapped, and their encoded labels.
 
     Batches are gathered from whatever the source holds when they are drawn, so fresh-image
@@ -194,9 +231,9 @@ class ImageSource:
         self.arrays = (images, labels)
 
 
-def make_dataset(source: ImageSource, indices: np.ndarray, batch_size: int,
+def make_dataset(source: BatchSource, indices: np.ndarray, batch_size: int,
                  training: bool, augment_images: bool, seed: int) -> tf.data.Dataset:
-    """Batches of (image float32 (B, 50, 200, 1), padded labels) streamed from the cache.
+    """Batches of (image float32 (B, H, W, 1), padded labels) streamed from the cache.
 
     Only the indices are shuffled in memory; each batch is gathered from the memory-mapped
     uint8 cache on demand, so memory does not grow with the data set.
@@ -253,7 +290,7 @@ class FreshImages(keras.callbacks.Callback):
     run regenerates the same images; each epoch's folder is deleted when the next one is ready.
     """
 
-    def __init__(self, source: ImageSource, spec: LabelSpec, count: int, style: str,
+    def __init__(self, source: BatchSource, spec: ModelSpec, count: int, style: str,
                  first_seed: int, root: Path, oversample: str = ""):
         super().__init__()
         self.source, self.spec, self.count, self.style = source, spec, count, style
@@ -268,8 +305,7 @@ class FreshImages(keras.callbacks.Callback):
                                   length=self.spec.max_length, charset=self.spec.charset,
                                   style=self.style, min_length=self.spec.min_length,
                                   oversample=self.oversample)
-        images, ok = preprocessed_cache(paths, folder / ".cache", self.spec.auto_crop,
-                                        self.spec.color_distance)
+        images, ok = preprocessed_cache(paths, folder / ".cache", self.spec)
         if not ok.all():
             raise RuntimeError(f"{folder}: the generator wrote {int((~ok).sum())} unreadable images")
         self.source.swap(images, self.spec.encode_all([label_from_path(p) for p in paths]))
@@ -287,7 +323,7 @@ class FreshImages(keras.callbacks.Callback):
 class Checkpoints(keras.callbacks.Callback):
     """Best model by validation loss, plus a resumable training state, both written atomically."""
 
-    def __init__(self, spec: LabelSpec, best_path: Path, state_dir: Path, best: float):
+    def __init__(self, spec: ModelSpec, best_path: Path, state_dir: Path, best: float):
         super().__init__()
         self.spec, self.best_path, self.state_dir, self.best = spec, best_path, state_dir, best
 
@@ -298,61 +334,40 @@ class Checkpoints(keras.callbacks.Callback):
             save_reader(self.model, self.spec, self.best_path)
             print(f"\nepoch {epoch + 1}: val_loss improved to {val_loss:.4f}, saved {self.best_path}")
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / ".state.partial.keras"
-        self.model.save(tmp)
-        os.replace(tmp, self.state_dir / "state.keras")
-        info = {"epoch": epoch + 1, "best_val_loss": self.best}
-        (self.state_dir / ".state.partial.json").write_text(json.dumps(info))
-        os.replace(self.state_dir / ".state.partial.json", self.state_dir / "state.json")
+        with atomic_path(self.state_dir / "state.keras") as tmp:
+            self.model.save(tmp)
+        write_text_atomic(self.state_dir / "state.json",
+                          json.dumps({"epoch": epoch + 1, "best_val_loss": self.best}))
 
 
-def read_cached(model: keras.Model, spec: LabelSpec, images: np.ndarray,
-                indices: np.ndarray) -> tuple[list[str], list[float]]:
-    """Read the cached images at `indices`, in chunks so memory stays bounded."""
-    texts: list[str] = []
-    confidences: list[float] = []
-    for start in range(0, len(indices), 1024):
-        chunk = indices[start:start + 1024]
-        batch = np.asarray(images[chunk], dtype=np.float32)[..., None] / 255.0
-        chunk_texts, chunk_conf = predict_texts(model, batch, spec)
-        texts += chunk_texts
-        confidences += chunk_conf
-    return texts, confidences
+@dataclass
+class TrainingData:
+    """The labelled images of a run, preprocessed into the cache, and how they are split."""
+
+    data_dir: Path
+    spec: ModelSpec
+    labels: list[str]
+    images: np.ndarray  # (N, H, W) uint8, memory-mapped
+    encoded: np.ndarray  # (N, max_length) class indices
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
 
 
-RUN_KEYS = ("data_dir", "synthetic_count", "batch_size", "limit", "lr", "out", "name", "seed",
-            "charset", "min_length", "max_length", "auto_crop", "color_distance", "init_from", "no_augment",
-            "val_fraction", "test_fraction", "patience", "fresh_images", "fresh_style", "fresh_seed",
-            "dropout", "fresh_oversample", "average_with")
-
-
-def run_fingerprint(args: argparse.Namespace) -> str:
-    """Runs that agree on everything but --epochs share one resume state."""
-    keys = {k: getattr(args, k) for k in RUN_KEYS}
-    return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    keras.utils.set_random_seed(args.seed)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    init_model, init_spec = (load_reader(args.init_from) if args.init_from else (None, None))
-    if args.average_with:
-        init_model = average_weights(init_model, init_spec, args.average_with)
-    data_dir = resolve_data(args)
+def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
+    """Find the labelled images, choose the spec, preprocess into the cache and split."""
+    data_dir = resolve_data(config)
     found = scan_labelled_folder(data_dir, None)
     if not found.labels:
         raise ValueError(f"{data_dir}: no labelled images ({found.summary()})")
-    spec = choose_spec(found.labels[: args.limit], args, init_spec)
+    spec = choose_spec(found.labels[: config.limit], config, init_spec)
     scan = found.filtered(spec)
-    paths, labels = scan.paths[: args.limit], scan.labels[: args.limit]
+    paths, labels = scan.paths[: config.limit], scan.labels[: config.limit]
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
     print(f"data: {data_dir}: {scan.summary()}; using {len(paths)}")
     source = ""
-    if args.data_dir and not args.charset:
+    if config.data_dir and not config.charset:
         kept = init_spec is not None and spec.charset == init_spec.charset
         source = "  (from --init-from; --charset narrows it)" if kept else "  (from the labels)"
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
@@ -361,92 +376,131 @@ def main(argv: list[str] | None = None) -> int:
                                      (f"{spec.views} views", spec.views > 1)) if on]
     if options:
         print("reading: " + ", ".join(options))
-
-    images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec.auto_crop,
-                                    spec.color_distance)
+    images, ok = preprocessed_cache(paths, cache_dir_for(data_dir), spec)
     if not ok.all():
         print(f"skipped {int((~ok).sum())} unreadable images")
     usable = np.flatnonzero(ok)
-    encoded = spec.encode_all(labels)
-    if encoded.min() < 0 or encoded.max() >= spec.num_classes:
-        raise ValueError(f"label indices out of range 0..{spec.num_classes - 1}")
-    train_i, val_i, test_i = (usable[i] for i in split_dataset(
-        len(usable), args.val_fraction, args.test_fraction, args.seed))
-    fingerprint = run_fingerprint(args)
-    data = ImageSource(images, encoded)
-    train_source, fresh = data, None
-    if args.fresh_images:
-        train_source = ImageSource(images, encoded)  # replaced by fresh.load before training
-        fresh = FreshImages(train_source, spec, args.fresh_images, args.fresh_style,
-                            args.fresh_seed, out_dir / ".fresh" / fingerprint, args.fresh_oversample)
-        train_i = np.arange(args.fresh_images)
-    batch_size = args.batch_size or (64 if len(train_i) >= SMALL_DATA else 16)
-    print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(val_i)} "
-          f"validation, {len(test_i)} test; batch size {batch_size}")
+    train, val, test = (usable[i] for i in split_dataset(
+        len(usable), config.val_fraction, config.test_fraction, config.seed))
+    return TrainingData(data_dir, spec, labels, images, spec.encode_all(labels), train, val, test)
 
-    lr = args.lr or (3e-4 if init_model is not None else 1e-3)
-    state_dir = out_dir / ".resume" / fingerprint
-    best_path = out_dir / f"{args.name}_best.keras"
-    final_path = out_dir / f"{args.name}_final.keras"
-    initial_epoch, best = 0, np.inf
+
+def build_or_resume(config: TrainConfig, spec: ModelSpec, init: tuple[keras.Model, ModelSpec] | None,
+                    state_dir: Path, lr: float) -> tuple[keras.Model, int, float]:
+    """(compiled model, epochs already done, best validation loss so far): the saved state of
+    an interrupted run with this config, else a new model or the --init-from one."""
     if (state_dir / "state.json").exists():
         state = json.loads((state_dir / "state.json").read_text())
-        initial_epoch, best = state["epoch"], state["best_val_loss"]
-        model = keras.saving.load_model(state_dir / "state.keras")
-        print(f"resuming after epoch {initial_epoch} from {state_dir}")
+        print(f"resuming after epoch {state['epoch']} from {state_dir}")
+        return keras.saving.load_model(state_dir / "state.keras"), state["epoch"], state["best_val_loss"]
+    if init is None:
+        model = build_model(spec)
     else:
-        if init_model is None:
-            model = build_model(spec)
-        elif init_spec.charset == spec.charset:
-            model = init_model
-        else:
-            model = replace_output_layer(init_model, init_spec, spec)
-        if args.dropout is not None:
-            model = with_dropout(model, args.dropout)
-        model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
+        init_model, init_spec = init
+        same = init_spec.charset == spec.charset
+        model = init_model if same else replace_output_layer(init_model, init_spec, spec)
+    if config.dropout is not None:
+        model = with_dropout(model, config.dropout)
+    model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
+    return model, 0, np.inf
 
-    if fresh and initial_epoch < args.epochs:
+
+def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epoch: int,
+        best: float, lr: float, state_dir: Path, best_path: Path) -> int:
+    """Train until --epochs or early stopping; returns the number of epochs done in all."""
+    source = BatchSource(data.images, data.encoded)
+    train_source, train_i, fresh = source, data.train, None
+    if config.fresh_images:
+        train_source = BatchSource(data.images, data.encoded)  # replaced by fresh.load before training
+        fresh = FreshImages(train_source, data.spec, config.fresh_images, config.fresh_style,
+                            config.fresh_seed, Path(config.out) / ".fresh" / config.fingerprint(),
+                            config.fresh_oversample)
+        train_i = np.arange(config.fresh_images)
+    batch_size = config.batch_size or (64 if len(train_i) >= SMALL_DATA else 16)
+    print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(data.val)} "
+          f"validation, {len(data.test)} test; batch size {batch_size}")
+    if initial_epoch >= config.epochs:
+        return initial_epoch
+    if fresh:
         fresh.load(initial_epoch)  # before the pipeline starts drawing batches
-    train_ds = make_dataset(train_source, train_i, batch_size, True, not args.no_augment, args.seed)
-    val_ds = make_dataset(data, val_i, batch_size, False, False, args.seed)
+    train_ds = make_dataset(train_source, train_i, batch_size, True, not config.no_augment, config.seed)
+    val_ds = make_dataset(source, data.val, batch_size, False, False, config.seed)
     steps_per_epoch = max(MIN_STEPS_PER_EPOCH, int(np.ceil(len(train_i) / batch_size)))
     callbacks = [
-        keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, args.patience // 2),
+        keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, config.patience // 2),
                                           min_lr=lr / 100, verbose=1),
-        keras.callbacks.EarlyStopping(patience=args.patience),
-        Checkpoints(spec, best_path, state_dir, best),
+        keras.callbacks.EarlyStopping(patience=config.patience),
+        Checkpoints(data.spec, best_path, state_dir, best),
     ]
     if fresh:
         callbacks.append(fresh)
     if initial_epoch == 0:
         callbacks.insert(0, Warmup(lr, min(steps_per_epoch, 500)))
-    start = time.time()
-    epochs_run = initial_epoch
-    if initial_epoch < args.epochs:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=args.epochs,
-                            initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                            callbacks=callbacks,
-                            shuffle=False,  # the dataset shuffles itself
-                            verbose=2 if os.environ.get("CI") else 1)
-        epochs_run += len(history.epoch)
-    minutes = (time.time() - start) / 60
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                        initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
+                        callbacks=callbacks,
+                        shuffle=False,  # the dataset shuffles itself
+                        verbose=1 if sys.stdout.isatty() else 2)  # a log file gets one line per epoch
+    return initial_epoch + len(history.epoch)
 
+
+def read_cached(model: keras.Model, spec: ModelSpec, data: TrainingData,
+                indices: np.ndarray) -> tuple[list[str], list[float]]:
+    """Read the cached images at `indices` through the one reading path, in chunks so memory
+    stays bounded."""
+    reader = Reader.from_keras(model, spec)
+    readings = []
+    for start in range(0, len(indices), 1024):
+        chunk = indices[start:start + 1024]
+        readings += reader.read_prepared(np.asarray(data.images[chunk], np.float32)[..., None] / 255.0)
+    return [r.text for r in readings], [r.confidence for r in readings]
+
+
+def calibrate(model: keras.Model, data: TrainingData) -> ModelSpec:
+    """The spec with a confidence calibration fitted on the validation split's readings."""
+    texts, confidences = read_cached(model, data.spec, data, data.val)
+    right = [text == data.labels[i] for text, i in zip(texts, data.val)]
+    return replace(data.spec, calibration=fit_calibration(confidences, right))
+
+
+def evaluate(model: keras.Model, spec: ModelSpec, data: TrainingData) -> dict:
+    """Exact match, case-insensitive exact match and CER on the held-out test split."""
+    texts, _ = read_cached(model, spec, data, data.test)
+    return score(texts, [data.labels[i] for i in data.test])
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    keras.utils.set_random_seed(config.seed)
+    out_dir = Path(config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    init = load_reader(config.init_from) if config.init_from else None
+    data = load_data(config, init[1] if init else None)
+    lr = config.lr or (3e-4 if init else 1e-3)
+    state_dir = out_dir / ".resume" / config.fingerprint()
+    best_path = out_dir / f"{config.name}_best.keras"
+    final_path = out_dir / f"{config.name}_final.keras"
+
+    model, initial_epoch, best = build_or_resume(config, data.spec, init, state_dir, lr)
+    start = time.time()
+    epochs_run = fit(config, data, model, initial_epoch, best, lr, state_dir, best_path)
+    minutes = (time.time() - start) / 60
     if best_path.exists():
         model, _ = load_reader(best_path)
-    val_texts, val_conf = read_cached(model, spec, images, val_i)
-    spec = replace(spec, calibration=fit_calibration(
-        val_conf, [t == labels[i] for t, i in zip(val_texts, val_i)]))
+    spec = calibrate(model, data)
     save_reader(model, spec, final_path)
-    results = score(read_cached(model, spec, images, test_i)[0], [labels[i] for i in test_i])
+
+    results = evaluate(model, spec, data)
     command = " ".join(["python", "train.py", *(sys.argv[1:] if argv is None else argv)])
-    results.update(train_images=len(train_i), epochs_run=epochs_run, train_minutes=round(minutes, 1),
-                   data_dir=str(data_dir), command=command)
+    results.update(train_images=config.fresh_images or len(data.train), epochs_run=epochs_run,
+                   train_minutes=round(minutes, 1), data_dir=str(data.data_dir), command=command)
     metrics_path = final_path.with_suffix(".metrics.json")
-    metrics_path.write_text(json.dumps(results, indent=2))
+    write_text_atomic(metrics_path, json.dumps(results, indent=2))
+    write_text_atomic(final_path.with_suffix(".config.json"), json.dumps(asdict(config), indent=2))
     if results["n"]:
         print(f"test split: exact_match={results['exact_match']:.4f} "
               f"exact_match_ci={results['exact_match_ci']:.4f} cer={results['cer']:.4f} n={results['n']}")
-    print(f"saved {final_path} and {metrics_path}")
+    print(f"saved {final_path}, {metrics_path} and {final_path.with_suffix('.config.json')}")
     shutil.rmtree(state_dir, ignore_errors=True)
     return 0
 

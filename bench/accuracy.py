@@ -4,10 +4,10 @@ By default generates a fresh default-style set (the generator's noise is never t
 twice, and the label seed differs from training's 0), or reads an existing labelled folder.
 
     python bench/accuracy.py --count 2000 --seed 2026
-    python bench/accuracy.py --folder /tmp/acc10k --views 3     # a saved set, 3 shifted views
-    python bench/accuracy.py --folder /tmp/acc10k --views 5 --reread-below 0.9   # views if unsure
-    python bench/accuracy.py --folder ../shared/realdata/digits4-site \
-        --model saved_model/digits4-site.keras
+    python generate.py --out data/acc10k --count 10000 --seed 31337    # a set saved once, then
+    python bench/accuracy.py --folder data/acc10k --views 3            # 3 shifted views
+    python bench/accuracy.py --folder data/acc10k --views 5 --reread-below 0.9   # views if unsure
+    python bench/accuracy.py --folder tests/data/sample200 --record sample200   # what tests check
 """
 
 from __future__ import annotations
@@ -23,24 +23,25 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from files import write_text_atomic  # noqa: E402
 from generate import generate_captchas  # noqa: E402
 from metrics import calibration_report, confusion_pairs, score  # noqa: E402
-from model import ModelLoadError, load_reader, read_files  # noqa: E402
 from preprocess import readable_labelled_images  # noqa: E402
+from reader import Reader  # noqa: E402
+from spec import ModelLoadError  # noqa: E402
 
 
-def read_folder(model, spec, folder: Path, batch_size: int, beam_width: int = 1,
-                views: int | None = None, reread_below: float = 0.0):
+def read_folder(reader: Reader, folder: Path) -> tuple[list[str], list[str], list[float]]:
     """(predictions, truths, confidences) for every valid labelled image in `folder`."""
-    scan = readable_labelled_images(folder, spec)
-    predictions, confidences = read_files(model, spec, scan.paths, batch_size, beam_width, views,
-                                          reread_below)
-    return predictions, scan.labels, confidences
+    scan = readable_labelled_images(folder, reader.spec)
+    readings = reader.read_all(scan.paths)
+    return [r.text for r in readings], scan.labels, [r.confidence for r in readings]
 
 
 def merge_lookalikes(text: str) -> str:
-    """Case and 0/O/o forgiven: the generator draws these nearly alike (bench/separability.py),
-    so what is left after merging them is what the model, not the glyphs, gets wrong."""
+    """Case and 0/O/o forgiven: the default generator draws 0 and O as the same oval
+    (docs/experiments.md), so what is left after merging them is what the model, not the
+    glyphs, gets wrong."""
     return text.lower().replace("0", "o")
 
 
@@ -59,22 +60,26 @@ def main() -> int:
                         "only answers less confident than P after one reading get the views "
                         "(test.py --reread-below); also prints the share re-read")
     parser.add_argument("--top", type=int, default=15, help="confusion pairs to list")
+    parser.add_argument("--try-variants", action="store_true", help="also read each image inverted, "
+                        "thickened and cropped, keeping the most confident reading (test.py --try-variants)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--record", metavar="KEY", help="also store exact match and CER under KEY in "
+                        "the model's .metrics.json, where the tests find the figures they check")
     args = parser.parse_args()
     if args.views is not None and args.views < 1:
         parser.error("--views must be positive")
 
-    model, spec = load_reader(args.model)
-    args.views = args.views or spec.views
+    options = dict(batch_size=args.batch_size, beam_width=args.beam_width, try_variants=args.try_variants)
+    reader = Reader.load(args.model, views=args.views, reread_below=args.reread_below, **options)
+    args.views = reader.views
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder) if args.folder else Path(tmp)
         if not args.folder:
             generate_captchas(folder, args.count, seed=args.seed)
-        predictions, truths, confidences = read_folder(model, spec, folder, args.batch_size, args.beam_width,
-                                                       args.views, args.reread_below)
+        predictions, truths, confidences = read_folder(reader, folder)
         reread_share = None
         if args.reread_below:
-            once = read_folder(model, spec, folder, args.batch_size, args.beam_width, views=1)[2]
+            once = read_folder(Reader.load(args.model, views=1, **options), folder)[2]
             reread_share = float(np.mean(np.array(once) < args.reread_below))
     results = score(predictions, truths)
     pairs = confusion_pairs(predictions, truths)
@@ -104,10 +109,20 @@ def main() -> int:
     for lo, hi, n, mean_conf, acc in calib["table"]:
         print(f"  {lo:.1f}-{hi:.1f}: {n:5d}  {mean_conf:.3f}  {acc:.3f}")
     results["calibration"] = {k: v for k, v in calib.items() if k != "table"}
+    if args.record:
+        record(Path(args.model).with_suffix(".metrics.json"), args.record, results)
     if args.json:
         results["confusions"] = {f"{t}->{p}": n for (t, p), n in pairs.most_common()}
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
+
+
+def record(metrics_path: Path, key: str, results: dict) -> None:
+    """Merge the headline figures into a model's metrics file under `key`."""
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics[key] = {k: round(results[k], 4) for k in ("exact_match", "exact_match_ci", "cer")}
+    metrics[key]["n"] = results["n"]
+    write_text_atomic(metrics_path, json.dumps(metrics, indent=2))
 
 
 if __name__ == "__main__":

@@ -25,11 +25,15 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import train  # noqa: E402
 from accuracy import read_folder  # noqa: E402
+from files import write_text_atomic  # noqa: E402
 from metrics import score  # noqa: E402
-from model import load_reader  # noqa: E402
-from preprocess import REALDATA_DIR, infer_spec, label_from_path, list_images  # noqa: E402
+from preprocess import label_from_path, list_images  # noqa: E402
+from reader import Reader  # noqa: E402
+from spec import infer_spec  # noqa: E402
 
 BASE_MODEL = ROOT / "saved_model" / "crnn_ctc_final.keras"
+# Labelled sets made by others (file name = label, a SOURCE.md each), kept beside the clone.
+REALDATA_DIR = ROOT.parent / "shared" / "realdata"
 HELD_OUT_FRACTION = 0.2
 # The settings for each mode, as a user would type them (see README, "Fine-tuning").
 MODE_FLAGS = {
@@ -66,8 +70,7 @@ def run_one(set_dir: Path, pool: list[Path], held_out: Path, size: int, mode: st
     if train.main(args) != 0:
         raise RuntimeError(f"training failed: {args}")
     minutes = (time.time() - start) / 60
-    model, spec = load_reader(out / "crnn_ctc_final.keras")
-    predictions, truths, _ = read_folder(model, spec, held_out, 64)
+    predictions, truths, _ = read_folder(Reader.load(out / "crnn_ctc_final.keras"), held_out)
     result = score(predictions, truths)
     result.update(set=set_dir.name, size=size, mode=mode, minutes=round(minutes, 2))
     print(json.dumps(result))
@@ -77,7 +80,8 @@ def run_one(set_dir: Path, pool: list[Path], held_out: Path, size: int, mode: st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sets", nargs="*", help="set names (default: every folder in realdata)")
+    parser.add_argument("--realdata", default=str(REALDATA_DIR), help="folder of labelled sets")
+    parser.add_argument("--sets", nargs="*", help="set names (default: every folder in --realdata)")
     parser.add_argument("--sizes", nargs="+", default=["50", "100", "250", "500", "all"])
     parser.add_argument("--modes", nargs="+", default=["scratch", "finetune"], choices=list(MODE_FLAGS))
     parser.add_argument("--auto-crop", action="store_true", help="pass --auto-crop to train.py")
@@ -91,8 +95,9 @@ def main() -> int:
                         help="prefix for the .json/.md/.png outputs")
     args = parser.parse_args()
 
-    sets = [REALDATA_DIR / s for s in args.sets] if args.sets else sorted(
-        d for d in REALDATA_DIR.iterdir() if (d / "SOURCE.md").exists())
+    realdata = Path(args.realdata)
+    sets = [realdata / s for s in args.sets] if args.sets else sorted(
+        d for d in realdata.iterdir() if (d / "SOURCE.md").exists())
     extra = (["--auto-crop"] * args.auto_crop + ["--color-distance"] * args.color_distance
              + ["--no-augment"] * args.no_augment)
     output = Path(args.out + ".json")
@@ -111,7 +116,7 @@ def main() -> int:
                     key = (row["set"], row["size"], row["mode"])
                     results = [r for r in results if (r["set"], r["size"], r["mode"]) != key] + [row]
                     results.sort(key=lambda r: (r["set"], r["size"], r["mode"]))
-                    output.write_text(json.dumps(results, indent=2))  # saved after every run
+                    write_text_atomic(output, json.dumps(results, indent=2))  # saved after every run
                     write_table(results, Path(args.out + ".md"))
     plot(results, Path(args.out + ".png"))
     return 0
@@ -125,7 +130,7 @@ def write_table(results: list[dict], path: Path) -> None:
     for r in results:
         lines.append(f"| {r['set']} | {r['size']} | {r['mode']} | {r['exact_match']:.4f} | "
                      f"{r['cer']:.4f} | {r['minutes']:.1f} |")
-    path.write_text(preamble + "\n".join(lines) + "\n")
+    write_text_atomic(path, preamble + "\n".join(lines) + "\n")
 
 
 def plot(results: list[dict], path: Path) -> None:

@@ -21,8 +21,9 @@ sys.path.insert(0, str(ROOT))
 
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from model import ModelLoadError, load_reader, read_files  # noqa: E402
 from preprocess import readable_labelled_images  # noqa: E402
+from reader import Reader  # noqa: E402
+from spec import ModelLoadError  # noqa: E402
 
 
 def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
@@ -35,13 +36,15 @@ def read_with_ddddocr(paths: list[Path]) -> tuple[list[str], float]:
     return texts, (time.perf_counter() - start) * 1000 / len(paths)
 
 
-def read_with_ours(model, spec, paths: list[Path], batch_size: int,
-                   views: int | None = None) -> tuple[list[str], float]:
+def read_with_ours(reader: Reader, paths: list[Path]) -> tuple[list[str], float]:
     # Warm-up: the first call traces the model's graph, a one-off cost per process (1 to 2 s)
     # that ddddocr's single warm-up call also leaves out of its timing.
-    read_files(model, spec, paths[:batch_size], batch_size, views=views)
+    reader.read_all(paths[:reader.batch_size])
     start = time.perf_counter()
-    texts, _ = read_files(model, spec, paths, batch_size, views=views)
+    if reader.batch_size == 1:  # as a QA script reads: one call per image
+        texts = [reader.read(p).text for p in paths]
+    else:
+        texts = [r.text for r in reader.read_all(paths)]
     return texts, (time.perf_counter() - start) * 1000 / len(paths)
 
 
@@ -54,7 +57,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=4242, help="label seed of the generated set")
     args = parser.parse_args()
 
-    model, spec = load_reader(args.model)
+    reader = Reader.load(args.model)
+    spec = reader.spec
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(args.folder) if args.folder else Path(tmp)
         if not args.folder:
@@ -62,10 +66,10 @@ def main() -> int:
         scan = readable_labelled_images(folder, spec)
         other_views = 3 if spec.views == 1 else 1  # the model's own reading, and the other one
         rows = [("ddddocr 1.6.1", *read_with_ddddocr(scan.paths)),
-                ("ours, one at a time", *read_with_ours(model, spec, scan.paths, 1)),
-                ("ours, batches of 64", *read_with_ours(model, spec, scan.paths, 64)),
+                ("ours, one at a time", *read_with_ours(Reader.load(args.model, batch_size=1), scan.paths)),
+                ("ours, batches of 64", *read_with_ours(reader, scan.paths)),
                 (f"ours, {other_views} view{'s' * (other_views > 1)}, by 64",
-                 *read_with_ours(model, spec, scan.paths, 64, views=other_views))]
+                 *read_with_ours(Reader.load(args.model, views=other_views), scan.paths))]
     print(f"data: {args.folder or f'generated default style, seed {args.seed}'}, n={len(scan.labels)}")
     print(f"ours: {spec.views} view{'s' * (spec.views > 1)} per image unless the row says otherwise "
           "(the model's own reading)")

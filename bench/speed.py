@@ -26,7 +26,7 @@ import keras  # noqa: E402
 from keras import layers  # noqa: E402
 
 from model import build_model, ctc_loss  # noqa: E402
-from preprocess import LabelSpec  # noqa: E402
+from spec import ModelSpec  # noqa: E402
 
 
 def build_reference_model(num_classes: int = 63) -> keras.Model:
@@ -85,7 +85,7 @@ def end_to_end(model_path: str, count: int, batch_size: int) -> tuple[float, flo
                         str(count), "--seed", "987654"], check=True, capture_output=True)
         out = Path(tmp) / "out.csv"
         cmd = [sys.executable, str(ROOT / "test.py"), "--model", model_path, "--folder", tmp,
-               "--batch_size", str(batch_size), "--output", str(out), "--quiet"]
+               "--batch-size", str(batch_size), "--output", str(out), "--quiet"]
         start = time.perf_counter()
         probe = subprocess.run([sys.executable, "-c", PEAK_RSS_PROBE, *cmd], check=True,
                                capture_output=True, text=True)
@@ -104,7 +104,7 @@ def main() -> int:
                         help="images for the end-to-end measurement (0 skips it)")
     args = parser.parse_args()
 
-    ours = build_model(LabelSpec())
+    ours = build_model(ModelSpec())
     reference = build_reference_model()
     print(f"CPU threads: {os.cpu_count()}  batch: {args.batch_size}  steps: {args.steps}")
     rows = []

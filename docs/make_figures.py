@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw, ImageFont
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from model import load_reader, read_files  # noqa: E402
 from preprocess import label_from_path, list_images  # noqa: E402
+from reader import Reader  # noqa: E402
 
 
 def main() -> int:
@@ -26,20 +26,19 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "predictions.png"))
     args = parser.parse_args()
 
-    model, spec = load_reader(args.model)
     paths = list_images(args.samples)
-    texts, confidences = read_files(model, spec, paths)
+    readings = Reader.load(args.model).read_all(paths)
     cell_w, cell_h, cols = 220, 100, 4
     rows = (len(paths) + cols - 1) // cols
     sheet = Image.new("RGB", (cols * cell_w, rows * cell_h), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=15)
-    for i, (path, text, conf) in enumerate(zip(paths, texts, confidences)):
+    for i, (path, reading) in enumerate(zip(paths, readings)):
         x, y = (i % cols) * cell_w + 10, (i // cols) * cell_h + 4
         sheet.paste(Image.open(path).convert("RGB"), (x, y))
         truth = label_from_path(path)
-        colour = (0, 120, 0) if text == truth else (200, 0, 0)
-        draw.text((x, y + 74), f"read {text}  ({conf:.2f})", fill=colour, font=font)
+        colour = (0, 120, 0) if reading.text == truth else (200, 0, 0)
+        draw.text((x, y + 74), f"read {reading.text}  ({reading.confidence:.2f})", fill=colour, font=font)
     sheet.save(args.out)
     print(f"wrote {args.out}")
     return 0

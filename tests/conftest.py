@@ -1,4 +1,5 @@
-"""Shared fixtures: small real data (generated CAPTCHAs) and a briefly trained model."""
+"""Shared fixtures: small real data (generated CAPTCHAs), a briefly trained model, and where
+the labelled sets made by others lie (../shared/realdata beside the clone)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-os.environ.setdefault("CI", "1")  # one log line per epoch from train.py
+REALDATA_DIR = ROOT.parent / "shared" / "realdata"
+SHIPPED = ROOT / "saved_model" / "crnn_ctc_final.keras"
+SAMPLE = ROOT / "tests" / "data" / "sample200"
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +31,7 @@ def captcha_dir(tmp_path_factory) -> Path:
 def tiny_model(captcha_dir, tmp_path_factory) -> Path:
     """A model trained for a few steps by train.py itself: real files, real code path."""
     import train
-    from preprocess import DEFAULT_CHARSET
+    from spec import DEFAULT_CHARSET
 
     out = tmp_path_factory.mktemp("model")
     code = train.main(["--data-dir", str(captcha_dir), "--epochs", "2", "--batch-size", "16",

@@ -1,24 +1,59 @@
-"""The command-line edge: every bad input gets one line on stderr and a non-zero exit."""
+"""The command-line edge: every bad input gets one line on stderr and a non-zero exit.
+
+Most cases call test.py's `cli` in this process (TensorFlow starts once for them all); the
+slow tier runs each script as a real process too, where TensorFlow's start-up logs must not
+reach the user either.
+"""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import shutil
 import subprocess
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-ROOT = Path(__file__).resolve().parent.parent
+from conftest import ROOT, SAMPLE
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
+    """A script run as its own process."""
     return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
+
+
+@lru_cache(maxsize=1)
+def test_py():
+    """The test.py module (imported by path: `test` is also a standard-library package)."""
+    spec = importlib.util.spec_from_file_location("captcha_test_cli", ROOT / "test.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def read_cli(capsys, monkeypatch):
+    """test.py's command line in this process, from the repository root as a user runs it."""
+    monkeypatch.chdir(ROOT)
+
+    def call(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        try:
+            code = test_py().cli(list(args))
+        except SystemExit as exit_:  # argparse refusing the arguments
+            code = exit_.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["test.py", *args], code, out, err)
+
+    return call
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
@@ -44,88 +79,108 @@ def bad_files(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("kind", ["empty", "text", "corrupt"])
-def test_unreadable_image(tiny_model, bad_files, kind):
-    result = run("test.py", "--model", str(tiny_model), "--image", str(bad_files[kind]))
+def test_unreadable_image(read_cli, bad_files, kind):
+    result = read_cli("--image", str(bad_files[kind]))
     assert_one_line_error(result, str(bad_files[kind].name))
 
 
-def test_missing_image(tiny_model):
-    assert_one_line_error(run("test.py", "--model", str(tiny_model), "--image", "nope.png"),
-                          "image not found")
+def test_missing_image(read_cli):
+    assert_one_line_error(read_cli("--image", "nope.png"), "image not found")
 
 
-def test_views_must_be_positive_and_rereading_needs_two_or_more():
-    result = run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9", "--views", "1")
+def test_one_image_reads_as_it_does_in_a_folder(read_cli, tmp_path):
+    """--image and --folder read the same file the same way (reader.Reader, one policy)."""
+    folder = tmp_path / "few"
+    folder.mkdir()
+    for src in sorted(SAMPLE.glob("*.png"))[:12]:
+        shutil.copy(src, folder / src.name)
+    folder_read = read_cli("--folder", str(folder), "--output", str(tmp_path / "all.csv"), "--quiet")
+    assert folder_read.returncode == 0, folder_read.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "all.csv").read_text())))
+    assert len(rows) == 12
+    for row in rows[:2]:
+        single = read_cli("--image", row["path"])
+        assert single.returncode == 0, single.stderr
+        assert single.stdout.splitlines()[1] == f"{row['path']},{row['prediction']},{row['confidence']}"
+
+
+def test_views_must_be_positive_and_rereading_needs_two_or_more(read_cli):
+    result = read_cli("--folder", "tests/data/sample200", "--reread-below", "0.9", "--views", "1")
     assert result.returncode == 2 and "--reread-below needs --views" in result.stderr
-    result = run("test.py", "--folder", "tests/data/sample200", "--views", "0")
+    result = read_cli("--folder", "tests/data/sample200", "--views", "0")
     assert result.returncode == 2 and "--views must be positive" in result.stderr
     # The shipped default-style model reads once unless told otherwise: refused as well.
-    assert_one_line_error(run("test.py", "--folder", "tests/data/sample200", "--reread-below", "0.9"),
+    assert_one_line_error(read_cli("--folder", "tests/data/sample200", "--reread-below", "0.9"),
                           "--reread-below needs --views 2 or more (this model reads each image once")
 
 
-def test_empty_and_missing_folder(tiny_model, bad_files):
-    assert_one_line_error(run("test.py", "--model", str(tiny_model), "--folder",
-                              str(bad_files["empty_dir"])), "no images")
-    assert_one_line_error(run("test.py", "--model", str(tiny_model), "--folder", "no_dir"),
-                          "folder not found")
+def test_empty_and_missing_folder(read_cli, bad_files):
+    assert_one_line_error(read_cli("--folder", str(bad_files["empty_dir"])), "no images")
+    assert_one_line_error(read_cli("--folder", "no_dir"), "folder not found")
 
 
-def test_benchmarks_answer_bad_input_in_one_line(tiny_model, bad_files):
-    assert_one_line_error(run("bench/accuracy.py", "--model", str(tiny_model), "--folder",
-                              str(bad_files["empty_dir"])), "no labelled images")
+@pytest.mark.slow
+def test_scripts_answer_bad_input_in_one_line_as_real_processes(bad_files, tmp_path):
+    assert_one_line_error(run("test.py", "--model", "missing.keras", "--image", "docs/samples/2AsJd.png"),
+                          "model not found")
+    assert_one_line_error(run("test.py", "--image", str(bad_files["corrupt"])), "CCCCC.png")
+    assert_one_line_error(run("train.py", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path)),
+                          "data folder not found")
+    assert_one_line_error(run("bench/accuracy.py", "--folder", str(bad_files["empty_dir"])),
+                          "no labelled images")
     assert_one_line_error(run("bench/peers.py", "--model", "missing.keras"), "model not found")
 
 
-def test_missing_model_and_not_a_model(captcha_dir, bad_files):
+def test_missing_model_and_not_a_model(read_cli, captcha_dir, bad_files):
     image = str(sorted(captcha_dir.glob("*.png"))[0])
-    assert_one_line_error(run("test.py", "--model", "missing.keras", "--image", image),
+    assert_one_line_error(read_cli("--model", "missing.keras", "--image", image),
                           "model not found")
-    assert_one_line_error(run("test.py", "--model", str(bad_files["not_model"]), "--image", image),
+    assert_one_line_error(read_cli("--model", str(bad_files["not_model"]), "--image", image),
                           "not a loadable Keras model")
 
 
-def test_folder_skips_bad_files_and_writes_csv_and_json(tiny_model, captcha_dir, bad_files, tmp_path):
+def test_folder_skips_bad_files_and_writes_csv_and_json(read_cli, captcha_dir, bad_files, tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
     for src in sorted(captcha_dir.glob("*.png"))[:5]:
         shutil.copy(src, folder / src.name)
     shutil.copy(bad_files["corrupt"], folder / "CCCCC.png")
     out_csv = tmp_path / "out.csv"
-    result = run("test.py", "--model", str(tiny_model), "--folder", str(folder), "--output",
-                 str(out_csv), "--batch_size", "2")
+    result = read_cli("--folder", str(folder), "--output",
+                 str(out_csv), "--batch-size", "2")
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr and "CCCCC.png" in result.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert len(rows) == 5 and list(rows[0]) == ["path", "prediction", "confidence"]
     assert all(0.0 <= float(r["confidence"]) <= 1.0 for r in rows)
+    assert sum(r["prediction"] == Path(r["path"]).stem for r in rows) >= 3  # the shipped model reads them
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("exact_match=") and "n=5" in summary and "skipped=1" in summary
     out_json = tmp_path / "out.json"
-    result = run("test.py", "--model", str(tiny_model), "--folder", str(folder), "--limit", "3",
+    result = read_cli("--folder", str(folder), "--limit", "3",
                  "--output", str(out_json), "--min-confidence", "0.99", "--views", "3", "--quiet")
     assert result.returncode == 0, result.stderr
     data = json.loads(out_json.read_text())
     assert len(data) == 3 and all(set(d) == {"path", "prediction", "confidence", "rejected"}
                                   for d in data)
+    assert all(d["rejected"] == (d["confidence"] < 0.99) for d in data)
 
 
-def test_single_image_with_debug_stages(tiny_model, captcha_dir, tmp_path):
+def test_single_image_with_debug_stages(read_cli, captcha_dir, tmp_path):
     image = sorted(captcha_dir.glob("*.png"))[0]
-    result = run("test.py", "--model", str(tiny_model), "--image", str(image), "--save_debug",
+    result = read_cli("--image", str(image), "--save_debug",
                  str(tmp_path / "debug"), "--strong", "--force_invert", "--views", "2")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "path,prediction,confidence" and lines[1].startswith(str(image))
-    assert len(list((tmp_path / "debug").glob("*.png"))) >= 3
+    stages = sorted(p.name for p in (tmp_path / "debug").glob("*.png"))
+    assert stages == [f"{image.stem}_{name}.png" for name in ("1_gray", "2_resized", "3_clahe")]
+    assert np.asarray(Image.open(tmp_path / "debug" / stages[-1])).shape == (50, 200)
 
 
-def test_train_rejects_missing_data_dir(tmp_path):
-    result = run("train.py", "--data-dir", str(tmp_path / "nothing"), "--out", str(tmp_path))
-    assert_one_line_error(result, "data folder not found")
-
-
-def test_train_skips_bad_files_and_says_how_many(captcha_dir, bad_files, tmp_path):
+@pytest.mark.slow
+def test_train_skips_bad_files_and_says_how_many_and_logs_one_line_per_epoch(captcha_dir, bad_files,
+                                                                              tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
     for src in sorted(captcha_dir.glob("*.png"))[:20]:
@@ -138,13 +193,17 @@ def test_train_skips_bad_files_and_says_how_many(captcha_dir, bad_files, tmp_pat
     assert result.returncode == 0, result.stderr
     assert "skipped 1 (1 wrong length)" in result.stdout
     assert "skipped 1 unreadable images" in result.stdout
+    # Into a pipe, not a terminal: one line per epoch, no progress-bar redraws.
+    assert "\r" not in result.stdout and "\x1b[" not in result.stdout
+    assert len([ln for ln in result.stdout.splitlines() if " - val_loss: " in ln]) == 1
 
 
+@pytest.mark.slow
 def test_reading_options_are_stored_with_the_model_used_by_test_py_and_kept_by_fine_tuning(
         captcha_dir, tmp_path):
     """Colour distance and the number of views travel in the model's spec: test.py reads with
     them without flags, and a model fine-tuned from it keeps them."""
-    from model import load_reader, read_files
+    from reader import Reader
 
     paths = sorted(captcha_dir.glob("*.png"))[:20]
     out = tmp_path / "out"
@@ -159,10 +218,9 @@ def test_reading_options_are_stored_with_the_model_used_by_test_py_and_kept_by_f
                  "20", "--output", str(out_csv), "--quiet")
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
-    model, spec = load_reader(model_path)
-    texts, confidences = read_files(model, spec, paths, views=3)
-    assert [r["prediction"] for r in rows] == texts
-    assert np.allclose([float(r["confidence"]) for r in rows], confidences, atol=1e-4)
+    readings = Reader.load(model_path, views=3).read(paths)
+    assert [r["prediction"] for r in rows] == [r.text for r in readings]
+    assert np.allclose([float(r["confidence"]) for r in rows], [r.confidence for r in readings], atol=1e-4)
     again = tmp_path / "again"
     result = run("train.py", "--init-from", str(model_path), "--data-dir", str(captcha_dir), "--limit",
                  "20", "--epochs", "0", "--out", str(again))
@@ -184,19 +242,3 @@ def test_training_cache_stays_out_of_read_only_data(tmp_path):
         assert cache_dir_for(tmp_path).parent == Path(tempfile.gettempdir())
     finally:
         tmp_path.chmod(0o755)
-
-
-def test_read_files_names_an_unreadable_file_and_read_batches_skips_it(tiny_model, captcha_dir, tmp_path):
-    from model import load_reader, read_batches, read_files
-    from preprocess import ImageReadError
-
-    bad = tmp_path / "zzzzz.png"
-    bad.write_bytes(b"not an image")
-    paths = sorted(captcha_dir.glob("*.png"))[:5] + [bad]
-    model, spec = load_reader(tiny_model)
-    with pytest.raises(ImageReadError, match="zzzzz.png"):
-        read_files(model, spec, paths)
-    batches = list(read_batches(model, spec, paths, batch_size=4))
-    assert [len(read) for read, _, _, _ in batches] == [4, 1]
-    assert [len(errors) for _, _, _, errors in batches] == [0, 1]
-    assert sum(len(texts) for _, texts, _, _ in batches) == 5

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import generate
+from conftest import REALDATA_DIR
 from generate import VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
-from preprocess import REALDATA_DIR, label_from_path
+from preprocess import label_from_path
 
 
 def test_labels_span_the_requested_lengths():
@@ -104,8 +105,14 @@ def test_multicolorcaptcha_style_without_its_package_says_how_to_install(tmp_pat
     assert not (tmp_path / "x").exists()
 
 
-def test_bundled_font_is_always_available():
-    assert font_files()[0].endswith("DroidSansMono.ttf")
+def test_every_listed_font_draws_ink_and_the_bundled_one_is_always_there():
+    """A machine without any installed font still has the captcha package's own."""
+    fonts = font_files()
+    assert Path(fonts[0]).is_file() and "captcha" in Path(fonts[0]).parts
+    for path in fonts[:1] + fonts[1::max(1, len(fonts) // 5)]:
+        image = Image.new("L", (60, 60), 0)
+        ImageDraw.Draw(image).text((10, 5), "A", fill=255, font=ImageFont.truetype(path, 40))
+        assert np.asarray(image).mean() > 2, path
 
 
 def test_bad_arguments_are_refused(tmp_path, capsys):

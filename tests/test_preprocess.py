@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocess import (DEFAULT_CHARSET, IMG_HEIGHT, IMG_WIDTH, ImageReadError, LabelSpec,
-                        column_background, infer_spec, label_from_path, load_and_preprocess,
-                        load_and_preprocess_many, preprocess_image, preprocessed_cache, read_image,
-                        scan_labelled_folder, split_dataset)
+from preprocess import (ImageReadError, column_background, in_parallel, label_from_path, load_image,
+                        prepare, preprocess_image, preprocessed_cache, scan_labelled_folder,
+                        split_dataset)
+from spec import ModelLoadError, ModelSpec, infer_spec
+
+SPEC = ModelSpec()
+COLOUR = ModelSpec(color_distance=True)
 
 
 @pytest.fixture(scope="module")
@@ -19,8 +22,8 @@ def rgb_captcha(captcha_dir) -> Image.Image:
     return Image.open(sorted(captcha_dir.glob("*.png"))[0]).convert("RGB")
 
 
-def check_output(arr: np.ndarray) -> None:
-    assert arr.shape == (IMG_HEIGHT, IMG_WIDTH, 1)
+def check_output(arr: np.ndarray, spec: ModelSpec = SPEC) -> None:
+    assert arr.shape == (*spec.image_shape, 1)
     assert arr.dtype == np.float32
     assert 0.0 <= arr.min() < arr.max() <= 1.0
 
@@ -31,9 +34,9 @@ def check_output(arr: np.ndarray) -> None:
 def test_every_mode_and_format_gives_the_same_kind_of_input(rgb_captcha, tmp_path, mode, suffix):
     path = tmp_path / f"abcde{suffix}"
     rgb_captcha.convert(mode).save(path)
-    out = load_and_preprocess(path)
+    out = prepare(path, SPEC)
     check_output(out)
-    reference = preprocess_image(rgb_captcha)
+    reference = preprocess_image(rgb_captcha, SPEC)
     # Lossy formats and palettes change pixels a little, never the picture.
     assert np.abs(out - reference).mean() < 0.12
 
@@ -43,7 +46,7 @@ def test_sixteen_bit_grey_is_scaled_not_clipped(rgb_captcha, tmp_path):
     path = tmp_path / "abcde.png"
     Image.fromarray((grey8 * 257).astype(np.uint16)).save(path)  # a 16-bit greyscale PNG
     assert Image.open(path).mode.startswith("I")
-    assert np.abs(read_image(path).astype(int) - grey8).max() <= 1
+    assert np.abs(load_image(path).astype(int) - grey8).max() <= 1
 
 
 def test_transparent_background_becomes_white(tmp_path):
@@ -51,13 +54,13 @@ def test_transparent_background_becomes_white(tmp_path):
     rgba[20:50, 40:160] = (0, 0, 0, 255)  # opaque black text block on transparent
     path = tmp_path / "abcde.png"
     Image.fromarray(rgba, "RGBA").save(path)
-    gray = read_image(path)
+    gray = load_image(path)
     assert gray[0, 0] == 255 and gray[30, 100] == 0
 
 
 def test_dark_background_is_inverted_to_dark_text_on_light(rgb_captcha):
-    light = preprocess_image(rgb_captcha)
-    dark = preprocess_image(Image.fromarray(255 - np.asarray(rgb_captcha)))
+    light = preprocess_image(rgb_captcha, SPEC)
+    dark = preprocess_image(Image.fromarray(255 - np.asarray(rgb_captcha)), SPEC)
     assert light[0, 0, 0] > 0.5 and dark[0, 0, 0] > 0.5
     assert np.abs(light - dark).mean() < 0.1
 
@@ -65,7 +68,7 @@ def test_dark_background_is_inverted_to_dark_text_on_light(rgb_captcha):
 def test_aspect_ratio_is_kept_and_padding_uses_background():
     tall = np.full((100, 100), 230, dtype=np.uint8)
     tall[30:70, 30:70] = 20
-    out = preprocess_image(tall)[..., 0]
+    out = preprocess_image(tall, SPEC)[..., 0]
     # 100x100 scales to 50x50 centred: 75 columns of pure background on each side.
     assert np.ptp(out[:, :70]) == 0 and np.ptp(out[:, -70:]) == 0
     assert out[25, 100] < out[25, 10]
@@ -74,9 +77,11 @@ def test_aspect_ratio_is_kept_and_padding_uses_background():
 def test_auto_crop_enlarges_small_text():
     wide = np.full((144, 256), 240, dtype=np.uint8)
     wide[60:84, 100:156] = 10
-    plain = (preprocess_image(wide)[..., 0] < 0.5).sum()
-    cropped = (preprocess_image(wide, auto_crop=True)[..., 0] < 0.5).sum()
+    plain = (preprocess_image(wide, SPEC)[..., 0] < 0.5).sum()
+    cropped = (preprocess_image(wide, SPEC, auto_crop=True)[..., 0] < 0.5).sum()
     assert cropped > 3 * plain
+    by_spec = preprocess_image(wide, ModelSpec(auto_crop=True))
+    assert np.array_equal(by_spec, preprocess_image(wide, SPEC, auto_crop=True))
 
 
 def two_coloured_blocks() -> np.ndarray:
@@ -95,8 +100,8 @@ def test_color_distance_shows_ink_that_brightness_hides():
         return [float(np.median(out[:, 50:150]) - out[16:34, c - 4:c + 5].min(axis=1).mean())
                 for c in (74, 124)]
 
-    grey = preprocess_image(two_coloured_blocks())[..., 0]
-    ink = preprocess_image(two_coloured_blocks(), color_distance=True)[..., 0]
+    grey = preprocess_image(two_coloured_blocks(), SPEC)[..., 0]
+    ink = preprocess_image(two_coloured_blocks(), COLOUR)[..., 0]
     assert max(stroke_contrast(grey)) < 0.25
     assert min(stroke_contrast(ink)) > 0.5  # both: dark ink on light, whatever the block
 
@@ -111,7 +116,7 @@ def test_color_distance_keeps_thick_strokes_solid_between_dark_margins():
     rgb[45:100, 180:186] = (230, 160, 140)  # a stem taller than half the band
     rgb[70:73, 10:250] = (60, 200, 60)
     stages: dict = {}
-    out = preprocess_image(rgb, auto_crop=True, color_distance=True, stages=stages)[..., 0]
+    out = preprocess_image(rgb, ModelSpec(auto_crop=True, color_distance=True), stages=stages)[..., 0]
     ink = stages["1_gray"]  # the cropped band, before resizing
     top = 40 - 4  # text_box keeps a 4-pixel margin
     assert ink[60 - top, 41:53].max() < 128  # the bar's middle is ink, not a hollow outline
@@ -137,9 +142,8 @@ def test_column_background_is_the_most_common_colour_even_below_half():
 def test_color_distance_reads_files_in_colour(tmp_path):
     path = tmp_path / "ab.png"
     Image.fromarray(two_coloured_blocks()).save(path)
-    assert read_image(path, color=True).shape == (64, 128, 3)
-    assert np.array_equal(load_and_preprocess(path, color_distance=True),
-                          preprocess_image(two_coloured_blocks(), color_distance=True))
+    assert load_image(path, color=True).shape == (64, 128, 3)
+    assert np.array_equal(prepare(path, COLOUR), preprocess_image(two_coloured_blocks(), COLOUR))
 
 
 @pytest.mark.parametrize("content", [b"", b"this is text, not an image", b"\x89PNG\r\n\x1a\n\x00\x00"])
@@ -147,12 +151,12 @@ def test_unreadable_files_raise_a_clear_error(tmp_path, content):
     path = tmp_path / "abcde.png"
     path.write_bytes(content)
     with pytest.raises(ImageReadError, match="abcde.png"):
-        read_image(path)
+        load_image(path)
 
 
 def test_missing_file_raises():
     with pytest.raises(ImageReadError, match="not found"):
-        read_image("no/such/file.png")
+        load_image("no/such/file.png")
 
 
 def test_label_parsing():
@@ -162,7 +166,7 @@ def test_label_parsing():
 
 
 def test_spec_validation_and_round_trip(tmp_path):
-    spec = LabelSpec()
+    spec = ModelSpec()
     assert len(spec.charset) == 62 and spec.num_classes == 63
     assert spec.label_problem("aB3xQ") is None
     assert spec.label_problem("aB3x") == "wrong length"
@@ -171,19 +175,28 @@ def test_spec_validation_and_round_trip(tmp_path):
     assert encoded.min() >= 1 and encoded.max() <= 62
     assert spec.decode(list(encoded) + [0, -1]) == "aB3xQ"
     spec.save(tmp_path / "m.json")
-    assert LabelSpec.load(tmp_path / "m.json") == spec
+    assert ModelSpec.load(tmp_path / "m.json") == spec
     # Specs saved before `views` existed read once per image, as their models always did.
     older = {k: v for k, v in json.loads((tmp_path / "m.json").read_text()).items() if k != "views"}
     (tmp_path / "old.json").write_text(json.dumps(older))
-    assert LabelSpec.load(tmp_path / "old.json").views == 1
+    assert ModelSpec.load(tmp_path / "old.json").views == 1
     with pytest.raises(ValueError, match="views"):
-        LabelSpec(views=0)
+        ModelSpec(views=0)
     with pytest.raises(ValueError):
-        LabelSpec(charset="AAB")
+        ModelSpec(charset="AAB")
+    # A spec file that is missing or invalid is the model's problem: ModelLoadError, named.
+    with pytest.raises(ModelLoadError, match="not found"):
+        ModelSpec.load(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text(json.dumps({"charset": "AAB"}))
+    with pytest.raises(ModelLoadError, match="bad.json.*repeated"):
+        ModelSpec.load(tmp_path / "bad.json")
+    (tmp_path / "junk.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="junk.json"):
+        ModelSpec.load(tmp_path / "junk.json")
 
 
 def test_variable_length_labels_are_padded():
-    spec = LabelSpec("0123456789", 3, 6)
+    spec = ModelSpec("0123456789", 3, 6)
     assert list(spec.encode("042")) == [1, 5, 3, 0, 0, 0]
     assert spec.decode(spec.encode("042")) == "042"
 
@@ -200,7 +213,7 @@ def test_scan_reports_what_it_skips(captcha_dir, tmp_path):
     (tmp_path / "abc.png").write_bytes(b"x")      # wrong length
     (tmp_path / "ab!cd.png").write_bytes(b"x")    # unknown characters
     (tmp_path / "notes.txt").write_text("ignored: not an image extension")
-    scan = scan_labelled_folder(tmp_path, LabelSpec())
+    scan = scan_labelled_folder(tmp_path, ModelSpec())
     assert len(scan.paths) == 5
     assert scan.skipped == {"wrong length": 1, "unknown characters": 1}
     assert "skipped 2" in scan.summary()
@@ -210,14 +223,20 @@ def test_cache_matches_the_function_and_flags_unreadable_files(captcha_dir, tmp_
     paths = sorted(captcha_dir.glob("*.png"))[:6]
     bad = tmp_path / "zzzzz.png"
     bad.write_bytes(b"broken")
-    images, ok = preprocessed_cache(paths + [bad], tmp_path / "cache", workers=2)
-    colour, _ = preprocessed_cache(paths + [bad], tmp_path / "cache", color_distance=True, workers=2)
+    images, ok = preprocessed_cache(paths + [bad], tmp_path / "cache", SPEC, workers=2)
+    colour, _ = preprocessed_cache(paths + [bad], tmp_path / "cache", COLOUR, workers=2)
     assert not np.array_equal(images[0], colour[0])  # the option is part of the cache key
     assert ok.tolist() == [True] * 6 + [False]
-    direct = np.round(load_and_preprocess(paths[0])[..., 0] * 255)
+    direct = np.round(prepare(paths[0], SPEC)[..., 0] * 255)
     assert np.array_equal(images[0], direct.astype(np.uint8))
-    again, _ = preprocessed_cache(paths + [bad], tmp_path / "cache")  # reused, not rebuilt
+    again, _ = preprocessed_cache(paths + [bad], tmp_path / "cache", SPEC)  # reused, not rebuilt
     assert np.array_equal(np.asarray(again), np.asarray(images))
+    # The image size comes from the spec, in the cache as in the function.
+    small = ModelSpec(img_height=32, img_width=128)
+    resized, _ = preprocessed_cache(paths, tmp_path / "cache", small, workers=2)
+    assert resized.shape == (6, 32, 128)
+    assert np.array_equal(resized[0], np.round(prepare(paths[0], small)[..., 0] * 255).astype(np.uint8))
+    assert not list((tmp_path / "cache").glob(".*partial*"))
 
 
 def test_parallel_loading_keeps_order_and_puts_errors_in_place(captcha_dir, tmp_path):
@@ -225,10 +244,11 @@ def test_parallel_loading_keeps_order_and_puts_errors_in_place(captcha_dir, tmp_
     bad = tmp_path / "zzzzz.png"
     bad.write_bytes(b"broken")
     mixed = paths[:4] + [bad] + paths[4:]
-    results = load_and_preprocess_many(mixed, auto_crop=True)
+    cropped = ModelSpec(auto_crop=True)
+    results = in_parallel(lambda p: prepare(p, cropped), mixed)
     assert isinstance(results[4], ImageReadError) and "zzzzz.png" in str(results[4])
     for path, image in zip(mixed[:4] + mixed[5:], results[:4] + results[5:]):
-        assert np.array_equal(image, load_and_preprocess(path, auto_crop=True))
+        assert np.array_equal(image, prepare(path, cropped))
 
 
 def test_split_is_seeded_and_disjoint():
@@ -238,4 +258,5 @@ def test_split_is_seeded_and_disjoint():
     train, val, test = a
     assert len(set(train) | set(val) | set(test)) == 100
     assert (len(val), len(test)) == (10, 10)
-    assert DEFAULT_CHARSET.startswith("ABC")
+    other = split_dataset(100, seed=8)
+    assert not np.array_equal(other[1], val)

@@ -1,91 +1,92 @@
-"""The model that ships still reads what saved_model/README.md says it reads."""
+"""The models that ship still read what their metrics files record.
+
+The figures live in `saved_model/<name>.metrics.json`: the test split from `train.py`, and the
+fixed sample as `bench/accuracy.py --folder tests/data/sample200 --record sample200` read it.
+"""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import json
 
 import keras
 import numpy as np
 import pytest
 
+from conftest import REALDATA_DIR, ROOT, SAMPLE, SHIPPED
 from metrics import score
-from model import load_reader, predict_texts, read_files
-from preprocess import REALDATA_DIR, LabelSpec, label_from_path, list_images, load_and_preprocess
+from preprocess import label_from_path, list_images, prepare
+from reader import Reader
 
-ROOT = Path(__file__).resolve().parent.parent
-SHIPPED = ROOT / "saved_model" / "crnn_ctc_final.keras"
-SAMPLE = ROOT / "tests" / "data" / "sample200"
 MARGIN = 0.03  # the sample is 200 images: one image is 0.005
+MAX_MODEL_BYTES = 10 * 1024 * 1024
 
 
-def recorded(name: str) -> float:
-    """A figure recorded in saved_model/README.md as `name: value`."""
-    text = (ROOT / "saved_model" / "README.md").read_text()
-    match = re.search(rf"{re.escape(name)}:\s*([0-9.]+)", text)
-    assert match, f"{name} not recorded in saved_model/README.md"
-    return float(match.group(1))
+def recorded(model: str) -> dict:
+    return json.loads((ROOT / "saved_model" / f"{model}.metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, list[str], Reader]:
+    reader = Reader.load()
+    paths = list_images(SAMPLE)
+    assert len(paths) == 200
+    return np.stack([prepare(p, reader.spec) for p in paths]), [label_from_path(p) for p in paths], reader
 
 
 def test_shipped_model_is_small_and_loads_in_safe_mode():
-    assert SHIPPED.stat().st_size < 5 * 1024 * 1024
+    assert SHIPPED.stat().st_size < MAX_MODEL_BYTES
     model = keras.saving.load_model(SHIPPED, safe_mode=True)
-    assert model.output_shape[-1] == LabelSpec().num_classes
+    assert model.output_shape[-1] == Reader.load().spec.num_classes
 
 
-def test_shipped_model_reads_the_fixed_sample():
-    model, spec = load_reader(SHIPPED)
-    paths = list_images(SAMPLE)
-    assert len(paths) == 200
-    images = np.stack([load_and_preprocess(p) for p in paths])
-    labels = [label_from_path(p) for p in paths]
-    predictions, confidences = predict_texts(model, images, spec)
-    result = score(predictions, labels)
-    assert result["exact_match"] >= recorded("sample200 exact match") - MARGIN
-    assert result["cer"] <= recorded("sample200 CER") + MARGIN / 3
+def test_shipped_model_reads_the_fixed_sample(sample):
+    images, labels, reader = sample
+    readings = reader.read_prepared(images)
+    result = score([r.text for r in readings], labels)
+    figures = recorded("crnn_ctc_final")
+    assert result["exact_match"] >= figures["sample200"]["exact_match"] - MARGIN
+    assert result["cer"] <= figures["sample200"]["cer"] + MARGIN / 3
     # Three sideways-shifted views, averaged, read it better still.
-    view_predictions, _ = predict_texts(model, images, spec, views=3)
-    view_result = score(view_predictions, labels)
-    assert view_result["exact_match"] >= recorded("sample200 exact match, 3 views") - MARGIN
+    three = Reader(reader.predict, reader.spec, views=3).read_prepared(images)
+    view_result = score([r.text for r in three], labels)
+    assert view_result["exact_match"] >= figures["sample200_3_views"]["exact_match"] - MARGIN
     assert view_result["exact_match"] > result["exact_match"]
-    right = np.array([p == label for p, label in zip(predictions, labels)])
+    right = np.array([r.text == label for r, label in zip(readings, labels)])
     # Confident answers are right more often than unsure ones.
-    conf = np.array(confidences)
+    conf = np.array([r.confidence for r in readings])
     assert right[conf >= np.median(conf)].mean() > right[conf < np.median(conf)].mean()
 
 
-def test_rereading_gives_the_views_only_to_unsure_answers():
-    model, spec = load_reader(SHIPPED)
-    paths = list_images(SAMPLE)
-    images = np.stack([load_and_preprocess(p) for p in paths])
-    labels = [label_from_path(p) for p in paths]
-    once, once_conf = predict_texts(model, images, spec)
-    five, five_conf = predict_texts(model, images, spec, views=5)
-    mixed, mixed_conf = predict_texts(model, images, spec, views=5, reread_below=0.9)
-    unsure = np.array(once_conf) < 0.9
-    assert 0 < unsure.sum() < len(paths) / 2
-    for i in range(len(paths)):
-        expected = (five[i], five_conf[i]) if unsure[i] else (once[i], once_conf[i])
-        assert mixed[i] == expected[0] and mixed_conf[i] == pytest.approx(expected[1], abs=1e-5)
-    assert any(once[i] != five[i] for i in np.flatnonzero(unsure))  # the re-reading changes answers
+def test_rereading_gives_the_views_only_to_unsure_answers(sample):
+    images, labels, reader = sample
+    once = reader.read_prepared(images)
+    five = Reader(reader.predict, reader.spec, views=5).read_prepared(images)
+    mixed = Reader(reader.predict, reader.spec, views=5, reread_below=0.9).read_prepared(images)
+    unsure = np.array([r.confidence for r in once]) < 0.9
+    assert 0 < unsure.sum() < len(images) / 2
+    for i in range(len(images)):
+        expected = five[i] if unsure[i] else once[i]
+        assert mixed[i].text == expected.text
+        assert mixed[i].confidence == pytest.approx(expected.confidence, abs=1e-5)
+    assert any(once[i].text != five[i].text for i in np.flatnonzero(unsure))  # re-reading changes answers
     # On this sample it gets what all five views get, for about a third of their model time.
-    assert score(mixed, labels)["exact_match"] >= score(five, labels)["exact_match"] - 0.01
-    assert score(mixed, labels)["exact_match"] > score(once, labels)["exact_match"]
+    exact = {name: score([r.text for r in readings], labels)["exact_match"]
+             for name, readings in (("once", once), ("five", five), ("mixed", mixed))}
+    assert exact["mixed"] >= exact["five"] - 0.01 and exact["mixed"] > exact["once"]
 
 
 @pytest.mark.parametrize("name", ["digits4-site", "multicolorcaptcha"])
 def test_fine_tuned_models_load_and_read_their_set(name):
     """Each per-set model is small, loads in safe mode and reads images of its set.
 
-    The images are the set's first 64 files, some of which it trained on: this catches a
-    broken file, spec or preprocessing, while the held-out figures live in saved_model/README.md.
+    The images are the set's first 32 files, some of which it trained on: this catches a
+    broken file, spec or preprocessing, while the held-out figures are its test split's.
     """
     path = ROOT / "saved_model" / f"{name}.keras"
-    assert path.stat().st_size < 5 * 1024 * 1024
-    model, spec = load_reader(path)
+    assert path.stat().st_size < MAX_MODEL_BYTES
+    reader = Reader.load(path)
     if not (REALDATA_DIR / name).is_dir():
         pytest.skip(f"{REALDATA_DIR / name} not present")
-    paths = list_images(REALDATA_DIR / name)[:64]
-    predictions, _ = read_files(model, spec, paths)
-    result = score(predictions, [label_from_path(p) for p in paths])
-    assert result["cer"] <= recorded(f"{name} test split CER") + 0.1
+    paths = list_images(REALDATA_DIR / name)[:32]
+    result = score([r.text for r in reader.read(paths)], [label_from_path(p) for p in paths])
+    assert result["cer"] <= recorded(name)["cer"] + 0.1
