@@ -38,6 +38,18 @@ class ImageReadError(ValueError):
     """An image is missing, empty, corrupt, not an image at all, or an unusable array."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image with more pixels than Pillow will decode (a decompression bomb)."""
+
+
+def unreadable(source, err: Exception) -> ImageReadError:
+    """The project's error for what Pillow could not open, with its reason in a few words."""
+    if isinstance(err, Image.DecompressionBombError):
+        return ImageTooLargeError(f"image too large to decode: {describe(source)} ({err})")
+    reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else str(err)
+    return ImageReadError(f"not a readable image: {describe(source)} ({reason})")
+
+
 def label_from_path(path: str | Path) -> str:
     """`aB3xQ.png` -> "aB3xQ"; a suffix after the first `_` is ignored (`aB3xQ_2.png`)."""
     return Path(path).stem.split("_", 1)[0]
@@ -89,7 +101,18 @@ def open_image(source: ImageSource) -> Image.Image:
             return img.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
             Image.DecompressionBombError) as err:
-        raise ImageReadError(f"not a readable image: {describe(source)} ({err})") from None
+        raise unreadable(source, err) from None
+
+
+def image_pixels(data: bytes) -> int:
+    """Width x height of an encoded image from its header alone, before anything is decoded:
+    how a server refuses a decompression bomb (a few KB that decode to gigabytes)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            Image.DecompressionBombError) as err:
+        raise unreadable(data, err) from None
 
 
 def image_from_array(array: np.ndarray) -> Image.Image:

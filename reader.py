@@ -24,7 +24,7 @@ import numpy as np
 
 from decode import calibrated, decode, log_of_probs
 from preprocess import ImageReadError, ImageSource, in_parallel, load_image, needs_inversion, preprocess_image
-from spec import ModelLoadError, ModelSpec
+from spec import ModelLoadError, ModelSpec, spec_path_for
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "saved_model" / "crnn_ctc_final.keras"
 VIEW_SHIFT = 3  # pixels between the sideways-shifted views (view_offsets)
@@ -96,15 +96,21 @@ class Reader:
     @classmethod
     def load(cls, path: str | Path | None = None, **options) -> "Reader":
         """The model at `path` (default: the shipped default model) with its spec; options as
-        for `Reader`. Raises ModelLoadError for a missing, unreadable or mismatched model."""
+        for `Reader`. The format follows the name: `.keras` (Keras), `.onnx` (onnxruntime, no
+        TensorFlow), `.tflite`, or a TensorFlow SavedModel folder (export.py writes the last
+        three). Raises ModelLoadError for a missing, unreadable or mismatched model."""
         path = Path(path) if path is not None else DEFAULT_MODEL
-        if path.suffix != ".keras":
+        if not path.exists():
+            raise ModelLoadError(f"model not found: {path}")
+        if path.is_dir():
+            predict, spec = saved_model_predictor(path)
+        elif path.suffix in PREDICTORS:
+            predict, spec = PREDICTORS[path.suffix](path)
+        else:
             raise ModelLoadError(f"unsupported model format {path.suffix or '(none)'!r}: {path} "
-                                 "(give a .keras file)")
-        from model import load_reader
-
-        model, spec = load_reader(path)
-        return cls.from_keras(model, spec, name=path.stem, **options)
+                                 f"(give a {', '.join(PREDICTORS)} file or a SavedModel folder)")
+        check_output_shape(predict, spec, path)
+        return cls(predict, spec, name=path.name.split(".")[0], **options)
 
     @classmethod
     def from_keras(cls, model, spec: ModelSpec, **options) -> "Reader":
@@ -204,3 +210,100 @@ class Reader:
         log_probs = log_of_probs(probs).reshape(views, len(images), *probs.shape[1:])
         mean = np.exp(log_probs.mean(axis=0))
         return mean / mean.sum(axis=-1, keepdims=True)
+
+
+Predictor = Callable[[np.ndarray], np.ndarray]
+
+
+def keras_predictor(path: Path) -> tuple[Predictor, ModelSpec]:
+    try:
+        from model import load_reader, run_model
+    except ImportError as err:
+        raise ModelLoadError(f"reading {path.name} needs TensorFlow ({err}): pip install -r "
+                             f"requirements.txt, or read {path.with_suffix('.onnx')} instead") from None
+
+    model, spec = load_reader(path)
+    return (lambda images: run_model(model, images)), spec
+
+
+def onnx_predictor(path: Path) -> tuple[Predictor, ModelSpec]:
+    """onnxruntime on the CPU; the spec from the `.json` beside the file, else from the spec
+    that export.py stores in the file's metadata. Imports no TensorFlow."""
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own types for files that are not models
+        raise ModelLoadError(f"not a loadable ONNX model: {path} ({type(err).__name__})") from None
+    beside = spec_path_for(path)
+    embedded = session.get_modelmeta().custom_metadata_map.get("spec")
+    if beside.is_file() or embedded is None:
+        spec = ModelSpec.load(beside)
+    else:
+        spec = ModelSpec.from_json(embedded, f"in {path}")
+    name = session.get_inputs()[0].name
+    return (lambda images: session.run(None, {name: images})[0]), spec
+
+
+def tflite_predictor(path: Path) -> tuple[Predictor, ModelSpec]:
+    """TensorFlow Lite's interpreter, resized to each batch size it meets."""
+    import warnings
+
+    spec = ModelSpec.load(spec_path_for(path))
+    from model import stderr_kept_unless_failing
+
+    with stderr_kept_unless_failing(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter announces its successor package
+        import tensorflow as tf
+
+        try:
+            interpreter = tf.lite.Interpreter(model_path=str(path))
+        except ValueError as err:
+            raise ModelLoadError(f"not a loadable TFLite model: {path} ({err})") from None
+    into, out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+    shape: list[tuple] = [()]
+
+    def predict(images: np.ndarray) -> np.ndarray:
+        if images.shape != shape[0]:
+            interpreter.resize_tensor_input(into, images.shape)
+            interpreter.allocate_tensors()
+            shape[0] = images.shape
+        interpreter.set_tensor(into, images)
+        interpreter.invoke()
+        return interpreter.get_tensor(out)
+
+    return predict, spec
+
+
+def saved_model_predictor(path: Path) -> tuple[Predictor, ModelSpec]:
+    """A TensorFlow SavedModel folder as Keras's `model.export` writes it (endpoint `serve`)."""
+    spec = ModelSpec.load(spec_path_for(path))
+    from model import stderr_kept_unless_failing
+
+    with stderr_kept_unless_failing():
+        import tensorflow as tf
+
+        try:
+            loaded = tf.saved_model.load(str(path))  # kept: it owns the variables `serve` reads
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(f"not a loadable SavedModel: {path} ({type(err).__name__})") from None
+    if not hasattr(loaded, "serve"):
+        raise ModelLoadError(f"{path} has no 'serve' endpoint (export it with export.py)")
+    return (lambda images: loaded.serve(tf.constant(images)).numpy()), spec
+
+
+PREDICTORS: dict[str, Callable[[Path], tuple[Predictor, ModelSpec]]] = {
+    ".keras": keras_predictor, ".onnx": onnx_predictor, ".tflite": tflite_predictor}
+
+
+def check_output_shape(predict: Predictor, spec: ModelSpec, path: Path) -> None:
+    """One blank image through the model: its output must have one class per symbol of the
+    spec and the blank, or the spec does not belong to this model."""
+    try:
+        out = predict(np.ones((1, *spec.image_shape, 1), np.float32))
+    except Exception as err:  # each runtime raises its own error for a wrong input shape
+        raise ModelLoadError(f"{path} does not read {spec.image_shape} images as its spec says "
+                             f"({type(err).__name__})") from None
+    if out.ndim != 3 or out.shape[-1] != spec.num_classes:
+        raise ModelLoadError(f"{path} outputs {out.shape[1:]} per image, its spec says "
+                             f"{spec.num_classes} classes")

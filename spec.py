@@ -94,21 +94,29 @@ class ModelSpec:
         """Class indices -> text; blanks, padding (0) and -1 are dropped."""
         return "".join(self.charset[i - 1] for i in indices if 0 < i <= len(self.charset))
 
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
     def save(self, path: str | Path) -> None:
-        write_text_atomic(path, json.dumps(asdict(self), indent=2, sort_keys=True))
+        write_text_atomic(path, self.to_json())
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> "ModelSpec":
+        """Parse a spec; raises ModelLoadError naming `source` when it is invalid. Keys it does
+        not know are ignored and missing ones take their defaults, so older specs still load."""
+        try:
+            data = json.loads(text)
+            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+        except (ValueError, TypeError, KeyError) as err:
+            raise ModelLoadError(f"invalid model spec {source}: {err}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> "ModelSpec":
-        """Read a spec file; raises ModelLoadError when it is missing or invalid. Keys it does
-        not know are ignored and missing ones take their defaults, so older specs still load."""
+        """Read a spec file; raises ModelLoadError when it is missing or invalid."""
         path = Path(path)
         if not path.is_file():
             raise ModelLoadError(f"model spec not found: {path} (it is saved beside the model)")
-        try:
-            data = json.loads(path.read_text())
-            return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
-        except (ValueError, TypeError, KeyError) as err:
-            raise ModelLoadError(f"invalid model spec {path}: {err}") from None
+        return cls.from_json(path.read_text(), str(path))
 
 
 def spec_path_for(model_path: str | Path) -> Path:

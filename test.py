@@ -25,8 +25,9 @@ DEFAULT_MODEL = "saved_model/crnn_ctc_final.keras"
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=DEFAULT_MODEL, help="trained .keras model (its .json spec "
-                   "beside it gives the charset, lengths, image size and reading options)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="trained model: .keras, or an export "
+                   "(.onnx reads without TensorFlow, .tflite, a SavedModel folder); its .json spec beside "
+                   "it gives the charset, lengths, image size and reading options")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", help="read one image")
     source.add_argument("--folder", help="read every image in this folder")
@@ -66,11 +67,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def image_paths(args: argparse.Namespace) -> list[Path]:
-    from preprocess import IMAGE_EXTENSIONS, list_images
+    from preprocess import IMAGE_EXTENSIONS, list_images, load_image
 
     if args.image:
         if not Path(args.image).is_file():
             raise FileNotFoundError(f"image not found: {args.image}")
+        load_image(args.image)  # an unreadable image fails now, not after the model has loaded
         return [Path(args.image)]
     paths = list_images(args.folder)[: args.limit]
     if not paths:

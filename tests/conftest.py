@@ -18,6 +18,14 @@ SAMPLE = ROOT / "tests" / "data" / "sample200"
 
 
 @pytest.fixture(scope="session")
+def shipped_reader():
+    """The shipped default model, loaded once for every test that only reads with it."""
+    from reader import Reader
+
+    return Reader.load(SHIPPED)
+
+
+@pytest.fixture(scope="session")
 def captcha_dir(tmp_path_factory) -> Path:
     """64 default-style CAPTCHAs named by their labels."""
     from generate import generate_captchas

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import ROOT, SAMPLE
+from conftest import ROOT, SAMPLE, SHIPPED
+
+ONNX = str(SHIPPED.with_suffix(".onnx"))  # the CLI's behaviour, at a fraction of Keras's load time
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -94,12 +96,13 @@ def test_one_image_reads_as_it_does_in_a_folder(read_cli, tmp_path):
     folder.mkdir()
     for src in sorted(SAMPLE.glob("*.png"))[:12]:
         shutil.copy(src, folder / src.name)
-    folder_read = read_cli("--folder", str(folder), "--output", str(tmp_path / "all.csv"), "--quiet")
+    folder_read = read_cli("--model", ONNX, "--folder", str(folder), "--output", str(tmp_path / "all.csv"),
+                           "--quiet")
     assert folder_read.returncode == 0, folder_read.stderr
     rows = list(csv.DictReader(io.StringIO((tmp_path / "all.csv").read_text())))
     assert len(rows) == 12
     for row in rows[:2]:
-        single = read_cli("--image", row["path"])
+        single = read_cli("--model", ONNX, "--image", row["path"])
         assert single.returncode == 0, single.stderr
         assert single.stdout.splitlines()[1] == f"{row['path']},{row['prediction']},{row['confidence']}"
 
@@ -146,8 +149,7 @@ def test_folder_skips_bad_files_and_writes_csv_and_json(read_cli, captcha_dir, b
         shutil.copy(src, folder / src.name)
     shutil.copy(bad_files["corrupt"], folder / "CCCCC.png")
     out_csv = tmp_path / "out.csv"
-    result = read_cli("--folder", str(folder), "--output",
-                 str(out_csv), "--batch-size", "2")
+    result = read_cli("--model", ONNX, "--folder", str(folder), "--output", str(out_csv), "--batch-size", "2")
     assert result.returncode == 0, result.stderr
     assert "skipped" in result.stderr and "CCCCC.png" in result.stderr
     rows = list(csv.DictReader(io.StringIO(out_csv.read_text())))
@@ -157,7 +159,7 @@ def test_folder_skips_bad_files_and_writes_csv_and_json(read_cli, captcha_dir, b
     summary = result.stdout.strip().splitlines()[-1]
     assert summary.startswith("exact_match=") and "n=5" in summary and "skipped=1" in summary
     out_json = tmp_path / "out.json"
-    result = read_cli("--folder", str(folder), "--limit", "3",
+    result = read_cli("--model", ONNX, "--folder", str(folder), "--limit", "3",
                  "--output", str(out_json), "--min-confidence", "0.99", "--views", "3", "--quiet")
     assert result.returncode == 0, result.stderr
     data = json.loads(out_json.read_text())

@@ -20,11 +20,12 @@ SAMPLE_IMAGE = SHIPPED.parent.parent / "docs" / "samples" / "2AsJd.png"
 
 
 @pytest.fixture(scope="module")
-def reader() -> Reader:
-    return Reader.load()
+def reader(shipped_reader) -> Reader:
+    return shipped_reader
 
 
-def test_the_default_model_reads_a_sample_in_one_call(reader):
+def test_the_default_model_reads_a_sample_in_one_call():
+    reader = Reader.load()  # no path: the shipped default model
     reading = reader.read(str(SAMPLE_IMAGE))
     assert isinstance(reading, Reading) and reading.text == "2AsJd"
     assert 0.5 < reading.confidence <= 1.0
@@ -98,6 +99,7 @@ def test_one_bad_image_in_a_list_raises_or_is_reported_in_its_place(reader, tmp_
 def test_bad_models_and_options_are_refused(reader, tmp_path):
     with pytest.raises(ModelLoadError, match="model not found"):
         Reader.load(tmp_path / "missing.keras")
+    (tmp_path / "model.h5").write_bytes(b"weights")
     with pytest.raises(ModelLoadError, match="unsupported model format '.h5'"):
         Reader.load(tmp_path / "model.h5")
     (tmp_path / "junk.keras").write_text("not a zip")

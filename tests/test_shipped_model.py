@@ -26,17 +26,17 @@ def recorded(model: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def sample() -> tuple[np.ndarray, list[str], Reader]:
-    reader = Reader.load()
+def sample(shipped_reader) -> tuple[np.ndarray, list[str], Reader]:
+    reader = shipped_reader
     paths = list_images(SAMPLE)
     assert len(paths) == 200
     return np.stack([prepare(p, reader.spec) for p in paths]), [label_from_path(p) for p in paths], reader
 
 
-def test_shipped_model_is_small_and_loads_in_safe_mode():
+def test_shipped_model_is_small_and_loads_in_safe_mode(shipped_reader):
     assert SHIPPED.stat().st_size < MAX_MODEL_BYTES
     model = keras.saving.load_model(SHIPPED, safe_mode=True)
-    assert model.output_shape[-1] == Reader.load().spec.num_classes
+    assert model.output_shape[-1] == shipped_reader.spec.num_classes
 
 
 def test_shipped_model_reads_the_fixed_sample(sample):
@@ -76,17 +76,22 @@ def test_rereading_gives_the_views_only_to_unsure_answers(sample):
 
 
 @pytest.mark.parametrize("name", ["digits4-site", "multicolorcaptcha"])
-def test_fine_tuned_models_load_and_read_their_set(name):
-    """Each per-set model is small, loads in safe mode and reads images of its set.
+def test_fine_tuned_models_and_their_onnx_exports_read_their_set(name):
+    """Each per-set model is small, loads in safe mode and reads images of its set, and its
+    shipped ONNX export reads them the same.
 
     The images are the set's first 32 files, some of which it trained on: this catches a
     broken file, spec or preprocessing, while the held-out figures are its test split's.
     """
     path = ROOT / "saved_model" / f"{name}.keras"
-    assert path.stat().st_size < MAX_MODEL_BYTES
-    reader = Reader.load(path)
+    assert max(path.stat().st_size, path.with_suffix(".onnx").stat().st_size) < MAX_MODEL_BYTES
+    reader, onnx_reader = Reader.load(path), Reader.load(path.with_suffix(".onnx"))
+    assert onnx_reader.spec == reader.spec
     if not (REALDATA_DIR / name).is_dir():
         pytest.skip(f"{REALDATA_DIR / name} not present")
-    paths = list_images(REALDATA_DIR / name)[:32]
-    result = score([r.text for r in reader.read(paths)], [label_from_path(p) for p in paths])
-    assert result["cer"] <= recorded(name)["cer"] + 0.1
+    images = np.stack([prepare(p, reader.spec) for p in list_images(REALDATA_DIR / name)[:32]])
+    readings = reader.read_prepared(images)
+    labels = [label_from_path(p) for p in list_images(REALDATA_DIR / name)[:32]]
+    assert score([r.text for r in readings], labels)["cer"] <= recorded(name)["cer"] + 0.1
+    assert [r.text for r in onnx_reader.read_prepared(images)] == [r.text for r in readings]
+    assert np.abs(reader.probabilities(images) - onnx_reader.probabilities(images)).max() < 1e-4
