@@ -1,12 +1,16 @@
 """Make synthetic CAPTCHAs written as `<label>.png`.
 
-Three styles:
+Four styles:
 - `default`, the embedded default dataset: the `captcha` package's
   ImageCaptcha(width=200, height=70) with its bundled font. The package draws its noise
   from `secrets`, so the pixels differ from run to run: every generated set is unseen.
 - `varied`, a pretraining set for fine-tuning to other styles: every font installed on the
   machine (plus the bundled one), symbols rotated up to 45 degrees on coloured cells,
   crossed by lines, circles and dots (`draw_varied`). Its pixels are seeded.
+- `mixed`, a generalist pretraining style (`draw_mixed`): any image size and aspect ratio,
+  solid, gradient, textured or per-symbol backgrounds, light or dark, one font or one per
+  symbol, filled, outlined or hollow glyphs, rotation, overlap or spacing, lines, curves,
+  dots and pixel noise, a wave warp and blur. Its pixels are seeded.
 - `multicolorcaptcha`, the third-party generator of that name (pinned in
   requirements-dev.txt, GPLv3, not a requirement of the reader), drawn as its `gen_captcha_image`
   draws (`draw_multicolorcaptcha`): unlimited pretraining images for a site that uses it.
@@ -16,6 +20,7 @@ run reuses what is already on disk.
 
     python generate.py --out data/synthetic --count 20000 --seed 0
     python generate.py --style varied --out data/varied --count 60000 --min-length 4 --length 6
+    python generate.py --style mixed --out data/mixed --count 100000 --min-length 3 --length 8
     python generate.py --style multicolorcaptcha --out data/mcc --count 150000 --length 4 \
         --charset ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789
 """
@@ -31,7 +36,9 @@ from concurrent.futures import ProcessPoolExecutor
 from functools import lru_cache, partial
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
 from files import atomic_path
@@ -39,10 +46,11 @@ from preprocess import label_from_path
 from spec import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
-STYLES = ("default", "varied", "multicolorcaptcha")
+STYLES = ("default", "varied", "mixed", "multicolorcaptcha")
 FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts",
                 "/System/Library/Fonts", "C:/Windows/Fonts")
 VARIED_CELL = 56  # pixels per symbol, and the image height, of the varied style
+MIXED_MIN_LUMA = 70  # grey levels between a mixed-style symbol and the mean background under it
 
 
 def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
@@ -83,12 +91,17 @@ def _random_color(rng: random.Random) -> tuple[int, int, int]:
     return tuple(rng.randrange(256) for _ in range(3))
 
 
-def _contrasting_color(rng: random.Random, background: tuple[int, int, int],
-                       min_distance: float = 110.0) -> tuple[int, int, int]:
-    """A random colour at least `min_distance` (RGB Euclidean) from `background`."""
+def _luma(color) -> float:
+    return 0.299 * color[0] + 0.587 * color[1] + 0.114 * color[2]
+
+
+def _contrasting_color(rng: random.Random, background, min_distance: float = 110.0,
+                       min_luma: float = 0.0) -> tuple[int, int, int]:
+    """A random colour at least `min_distance` (RGB Euclidean) from `background`, and at
+    least `min_luma` grey levels brighter or darker (so that it shows in grey too)."""
     while True:
         color = _random_color(rng)
-        if math.dist(color, background) >= min_distance:
+        if math.dist(color, background) >= min_distance and abs(_luma(color) - _luma(background)) >= min_luma:
             return color
 
 
@@ -156,6 +169,94 @@ def draw_varied(label: str, rng: random.Random) -> Image.Image:
     return image
 
 
+def _background(rng: random.Random, width: int, height: int, cells: int) -> Image.Image:
+    """Solid, a linear gradient between two colours, blurred noise, or one colour per cell."""
+    kind = rng.choice(("solid", "gradient", "texture", "cells"))
+    if kind == "solid":
+        return Image.new("RGB", (width, height), _random_color(rng))
+    if kind == "cells":
+        image = Image.new("RGB", (width, height))
+        draw = ImageDraw.Draw(image)
+        for i in range(cells):
+            draw.rectangle((i * width // cells, 0, (i + 1) * width // cells, height), fill=_random_color(rng))
+        return image
+    noise = np.random.default_rng(rng.getrandbits(32))
+    if kind == "gradient":
+        start, end = np.array(_random_color(rng), float), np.array(_random_color(rng), float)
+        along = np.linspace(0, 1, width if rng.random() < 0.7 else height)
+        ramp = start + (end - start) * along[:, None]
+        pixels = np.broadcast_to(ramp[None] if len(along) == width else ramp[:, None], (height, width, 3))
+    else:
+        base = np.array(_random_color(rng), float)
+        grain = cv2.GaussianBlur(noise.normal(0, rng.uniform(20, 60), (height, width, 3)), (0, 0),
+                                 rng.uniform(0.5, 3))
+        pixels = base + grain
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def _wave(image: Image.Image, rng: random.Random) -> Image.Image:
+    """Bend the image along a sine wave, rows sideways and columns up and down."""
+    pixels = np.asarray(image)
+    height, width = pixels.shape[:2]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    amplitude, period = rng.uniform(1, height / 10), rng.uniform(width / 4, width)
+    phase = rng.uniform(0, 2 * math.pi)
+    map_y = ys + amplitude * np.sin(2 * math.pi * xs / period + phase)
+    map_x = xs + amplitude / 2 * np.sin(2 * math.pi * ys / (period / 2) + phase)
+    return Image.fromarray(cv2.remap(pixels, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
+
+
+def draw_mixed(label: str, rng: random.Random) -> Image.Image:
+    """A CAPTCHA of the generalist style: every drawing choice of the generators we know of is
+    a random draw, so that a model pretrained on it has seen no single style (see STYLES).
+    Each symbol's colour is chosen against the background under it, in colour and in grey
+    level, so it stays legible to a grey reader."""
+    size = rng.randint(28, 72)
+    spacing = rng.uniform(-0.25, 0.35)  # overlap (negative) to gaps, in font sizes
+    fonts = font_files()
+    one_font = rng.choice(fonts) if rng.random() < 0.6 else None
+    outline = rng.random() < 0.15
+    shapes = [_glyph(symbol, one_font or rng.choice(fonts), int(size * rng.uniform(0.85, 1.15)),
+                     (0, 0, 0), rng.uniform(-30, 30), outline).getchannel("A") for symbol in label]
+    margin = int(size * rng.uniform(0.1, 1.0))
+    step = [max(4, int(shape.width + spacing * size)) for shape in shapes]
+    width = max(sum(step[:-1]) + shapes[-1].width + 2 * margin, size)
+    height = max(shape.height for shape in shapes) + 2 * int(size * rng.uniform(0.1, 0.6))
+    image = _background(rng, width, height, len(label))
+    pixels = np.asarray(image, float)
+    one_colour = rng.random() < 0.6
+    ink = None
+    x = margin
+    for shape, advance in zip(shapes, step):
+        y = rng.randint(0, max(0, height - shape.height))
+        under = tuple(pixels[y:y + shape.height, x:x + shape.width].reshape(-1, 3).mean(axis=0))
+        if ink is None or not one_colour or abs(_luma(ink) - _luma(under)) < MIXED_MIN_LUMA:
+            ink = _contrasting_color(rng, under, min_luma=MIXED_MIN_LUMA)
+        image.paste(Image.new("RGB", shape.size, ink), (x, y), shape)
+        x += advance
+    draw = ImageDraw.Draw(image)
+    for _ in range(rng.randint(0, 4)):  # lines and curves across the text
+        color = ink if rng.random() < 0.5 else _random_color(rng)
+        points = [(rng.uniform(0, width), rng.uniform(0, height)) for _ in range(rng.choice((2, 4)))]
+        if len(points) == 4:  # a cubic Bezier curve
+            points = [tuple(sum(c * p[k] for c, p in zip(((1 - t) ** 3, 3 * (1 - t) ** 2 * t,
+                                                           3 * (1 - t) * t ** 2, t ** 3), points))
+                            for k in (0, 1)) for t in np.linspace(0, 1, 24)]
+        draw.line(points, fill=color, width=rng.randint(1, max(1, size // 12)))
+    for _ in range(rng.choice((0, 0, rng.randint(5, 80)))):  # dots
+        r = rng.uniform(0.5, size / 14)
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_random_color(rng))
+    if rng.random() < 0.3:
+        image = _wave(image, rng)
+    if rng.random() < 0.3:  # pixel noise
+        noise = np.random.default_rng(rng.getrandbits(32)).normal(0, rng.uniform(5, 30), (height, width, 3))
+        image = Image.fromarray(np.clip(np.asarray(image) + noise, 0, 255).astype(np.uint8))
+    if rng.random() < 0.2:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2)))
+    return image
+
+
 @lru_cache(maxsize=1)
 def _multicolor_generator():
     try:
@@ -207,6 +308,8 @@ def _write_one(path: str, style: str, seed: int) -> None:
     with atomic_path(path) as tmp:
         if style == "varied":
             draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
+        elif style == "mixed":
+            draw_mixed(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
         elif style == "multicolorcaptcha":
             draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
         else:
@@ -256,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--charset", default=DEFAULT_CHARSET, help="symbols to draw from")
     parser.add_argument("--style", choices=STYLES, default="default",
                         help="default: the embedded dataset; varied: many fonts and colours, for "
-                             "pretraining; multicolorcaptcha: that package's style (install it first)")
+                             "pretraining; mixed: a generalist pretraining style; multicolorcaptcha: "
+                             "that package's style (install it first)")
     parser.add_argument("--oversample", default="", metavar="SYMBOLS",
                         help="draw these symbols more often than the others (look-alikes a "
                              "reader confuses, e.g. 0O)")

@@ -115,9 +115,7 @@ class Reader:
     @classmethod
     def from_keras(cls, model, spec: ModelSpec, **options) -> "Reader":
         """A reader over a Keras model already in memory (training evaluates through this)."""
-        from model import run_model
-
-        return cls(lambda images: run_model(model, images), spec, **options)
+        return cls(in_memory_predictor(model), spec, **options)
 
     def read(self, image: ImageSource | Sequence[ImageSource]) -> Reading | list[Reading]:
         """One image -> a Reading; a list (or tuple) of images -> a list, read in batches.
@@ -215,15 +213,22 @@ class Reader:
 Predictor = Callable[[np.ndarray], np.ndarray]
 
 
+def in_memory_predictor(model) -> Predictor:
+    """A Keras model through its one traced inference graph (model.run_model)."""
+    from model import run_model
+
+    return lambda images: run_model(model, images)
+
+
 def keras_predictor(path: Path) -> tuple[Predictor, ModelSpec]:
     try:
-        from model import load_reader, run_model
+        from model import load_reader
     except ImportError as err:
         raise ModelLoadError(f"reading {path.name} needs TensorFlow ({err}): pip install -r "
                              f"requirements.txt, or read {path.with_suffix('.onnx')} instead") from None
 
     model, spec = load_reader(path)
-    return (lambda images: run_model(model, images)), spec
+    return in_memory_predictor(model), spec
 
 
 def onnx_predictor(path: Path) -> tuple[Predictor, ModelSpec]:

@@ -13,7 +13,8 @@ from PIL import Image, ImageDraw, ImageFont
 import generate
 from conftest import REALDATA_DIR
 from generate import VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
-from preprocess import label_from_path
+from preprocess import label_from_path, prepare
+from spec import DEFAULT_CHARSET, ModelSpec
 
 
 def test_labels_span_the_requested_lengths():
@@ -64,6 +65,27 @@ def test_varied_pixels_are_seeded(tmp_path):
     for a, b in zip(first, again):
         assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
     assert [p.name for p in first] != [p.name for p in other]
+
+
+def test_mixed_style_varies_size_and_look_and_is_seeded(tmp_path):
+    paths = generate_captchas(tmp_path / "a", 24, seed=3, length=8, min_length=3, style="mixed",
+                              progress=False, workers=2)
+    again = generate_captchas(tmp_path / "b", 24, seed=3, length=8, min_length=3, style="mixed",
+                              progress=False, workers=1)
+    images = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+    for image, twin in zip(images, again):
+        assert np.array_equal(image, np.asarray(Image.open(twin).convert("RGB")))
+    assert {len(label_from_path(p)) for p in paths} >= {3, 8}
+    assert len({image.shape[0] for image in images}) > 10  # heights, aspect ratios and looks vary
+    assert len({tuple(image[0, 0]) for image in images}) > 20
+    assert len({round(image.shape[1] / image.shape[0] / len(label_from_path(p)), 1)
+                for p, image in zip(paths, images)}) > 5  # spacing and overlap vary
+    # Symbols differ from their background in grey level, not only in colour: a grey reader
+    # sees dark and light in every image.
+    spec = ModelSpec(charset=DEFAULT_CHARSET, min_length=3, max_length=8)
+    for path in paths:
+        grey = prepare(path, spec)
+        assert np.percentile(grey, 99.5) - np.percentile(grey, 0.5) > 0.3, path.name
 
 
 MULTICOLOR_SET = REALDATA_DIR / "multicolorcaptcha"
