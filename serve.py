@@ -162,13 +162,16 @@ def create_app(reader: Reader, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: i
         return JSONResponse(answer(result))
 
     async def read_batch(request: Request) -> JSONResponse:
-        results = []
+        refused_or_checked = []
         for image in await uploaded_images(request):
             try:
-                results.append(batcher.read(check(image)))
+                refused_or_checked.append(check(image))
             except RequestError as err:
-                results.append(asyncio.sleep(0, ImageReadError(str(err))))
-        return JSONResponse({"results": [answer(r) for r in await asyncio.gather(*results)]})
+                refused_or_checked.append(ImageReadError(str(err)))
+        readable = [image for image in refused_or_checked if isinstance(image, bytes)]
+        read = iter(await asyncio.gather(*(batcher.read(image) for image in readable)))
+        results = [item if isinstance(item, ImageReadError) else next(read) for item in refused_or_checked]
+        return JSONResponse({"results": [answer(r) for r in results]})
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "model": reader.name, "spec": asdict(reader.spec),
