@@ -47,6 +47,7 @@ from spec import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
 STYLES = ("default", "varied", "mixed", "multicolorcaptcha")
+SHIPPED_FONTS = Path(__file__).resolve().parent / "fonts"  # freely licensed, see fonts/README.md
 FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts",
                 "/System/Library/Fonts", "C:/Windows/Fonts")
 VARIED_CELL = 56  # pixels per symbol, and the image height, of the varied style
@@ -72,19 +73,22 @@ def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
     return ["".join(rng.choice(charset) for _ in range(draw_length())) for _ in range(count)]
 
 
-@lru_cache(maxsize=1)
-def font_files() -> tuple[str, ...]:
-    """The captcha package's bundled font and every TrueType/OpenType font installed here.
+@lru_cache(maxsize=8)
+def font_files(folders: tuple[str, ...] | None = None) -> tuple[str, ...]:
+    """Every TrueType/OpenType font in `folders` (font files, or folders searched recursively);
+    by default the fonts shipped in fonts/ and every font installed on the machine.
 
-    Fonts differ between machines, so a varied set made elsewhere draws from other fonts;
-    the bundled one keeps the list non-empty everywhere.
+    Installed fonts differ between machines, so a set made elsewhere draws from other fonts;
+    naming `fonts` alone makes the same images everywhere, and leaves font families out of
+    pretraining so that a benchmark can score the model on fonts it never saw.
     """
-    import captcha
-
-    bundled = Path(captcha.__file__).parent / "data" / "DroidSansMono.ttf"
-    found = sorted(str(p) for folder in FONT_FOLDERS if Path(folder).is_dir()
-                   for p in Path(folder).rglob("*") if p.suffix.lower() in (".ttf", ".otf"))
-    return (str(bundled), *found)
+    places = [Path(f) for f in folders or (str(SHIPPED_FONTS), *FONT_FOLDERS)]
+    found = sorted({str(p) for place in places if place.exists()
+                    for p in (place.rglob("*") if place.is_dir() else [place])
+                    if p.suffix.lower() in (".ttf", ".otf")})
+    if not found:
+        raise RuntimeError(f"no .ttf or .otf fonts in {', '.join(map(str, places))}")
+    return tuple(found)
 
 
 def _random_color(rng: random.Random) -> tuple[int, int, int]:
@@ -120,7 +124,7 @@ def _glyph(symbol: str, font_path: str, size: int, color: tuple[int, int, int],
     return tile.crop(tile.getbbox() or (0, 0, 1, 1))
 
 
-def draw_varied(label: str, rng: random.Random) -> Image.Image:
+def draw_varied(label: str, rng: random.Random, fonts: tuple[str, ...]) -> Image.Image:
     """A CAPTCHA of the varied style: one cell per symbol, each with its own font and colours.
 
     Covers what other generators vary and ours does not: many fonts, strong rotation,
@@ -136,7 +140,6 @@ def draw_varied(label: str, rng: random.Random) -> Image.Image:
     draw = ImageDraw.Draw(image)
     for i, color in enumerate(backgrounds):
         draw.rectangle((i * cell, 0, (i + 1) * cell, height), fill=color)
-    fonts = font_files()
     ink = []
     for i, symbol in enumerate(label):
         color = _contrasting_color(rng, backgrounds[i])
@@ -206,14 +209,13 @@ def _wave(image: Image.Image, rng: random.Random) -> Image.Image:
     return Image.fromarray(cv2.remap(pixels, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT))
 
 
-def draw_mixed(label: str, rng: random.Random) -> Image.Image:
+def draw_mixed(label: str, rng: random.Random, fonts: tuple[str, ...]) -> Image.Image:
     """A CAPTCHA of the generalist style: every drawing choice of the generators we know of is
     a random draw, so that a model pretrained on it has seen no single style (see STYLES).
     Each symbol's colour is chosen against the background under it, in colour and in grey
     level, so it stays legible to a grey reader."""
     size = rng.randint(28, 72)
     spacing = rng.uniform(-0.25, 0.35)  # overlap (negative) to gaps, in font sizes
-    fonts = font_files()
     one_font = rng.choice(fonts) if rng.random() < 0.6 else None
     outline = rng.random() < 0.15
     shapes = [_glyph(symbol, one_font or rng.choice(fonts), int(size * rng.uniform(0.85, 1.15)),
@@ -303,32 +305,36 @@ def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
     return canvas
 
 
-def _write_one(path: str, style: str, seed: int) -> None:
+def _write_one(path: str, style: str, seed: int, fonts: tuple[str, ...] | None) -> None:
     label = label_from_path(path)
     with atomic_path(path) as tmp:
         if style == "varied":
-            draw_varied(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
+            draw_varied(label, random.Random(f"{seed}:{Path(path).name}"), font_files(fonts)).save(tmp)
         elif style == "mixed":
-            draw_mixed(label, random.Random(f"{seed}:{Path(path).name}")).save(tmp)
+            draw_mixed(label, random.Random(f"{seed}:{Path(path).name}"), font_files(fonts)).save(tmp)
         elif style == "multicolorcaptcha":
             draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
         else:
             from captcha.image import ImageCaptcha
 
-            ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT).write(label, tmp)
+            chosen = list(font_files(fonts)) if fonts else None  # None: the package's own font
+            ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT, fonts=chosen).write(label, tmp)
 
 
 def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
                       length: int = DEFAULT_LABEL_LENGTH, charset: str = DEFAULT_CHARSET,
                       workers: int | None = None, progress: bool = True,
                       style: str = "default", min_length: int | None = None,
-                      oversample: str = "", oversample_factor: float = 4.0) -> list[Path]:
+                      oversample: str = "", oversample_factor: float = 4.0,
+                      fonts: tuple[str, ...] | None = None) -> list[Path]:
     """Write `count` CAPTCHAs into `out_dir` (files already there are kept) and list them.
-    Labels as `synthetic_labels` draws them."""
+    Labels as `synthetic_labels` draws them; `fonts` names the font folders (font_files)."""
     if style not in STYLES:
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     if style == "multicolorcaptcha":
         _multicolor_generator()  # fail here, with the install hint, not in every worker
+    if style != "multicolorcaptcha" and (fonts or style != "default"):
+        font_files(fonts)  # fail here when no font is found, not in every worker
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
@@ -340,7 +346,7 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            jobs = pool.map(partial(_write_one, style=style, seed=seed), missing, chunksize=64)
+            jobs = pool.map(partial(_write_one, style=style, seed=seed, fonts=fonts), missing, chunksize=64)
             for _ in tqdm(jobs, total=len(missing), desc=f"generate {out_dir}", unit="img",
                           disable=None if progress else True):  # None: off in a pipe
                 pass
@@ -366,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
                              "reader confuses, e.g. 0O)")
     parser.add_argument("--oversample-factor", type=float, default=4.0,
                         help="how many times as likely each --oversample symbol is (default 4)")
+    parser.add_argument("--fonts", nargs="+", metavar="FOLDER",
+                        help="draw with the fonts in these folders only (default: the package's own "
+                             "font for the default style; fonts/ and the installed fonts otherwise)")
     args = parser.parse_args(argv)
     if args.count < 1 or args.length < 1 or not args.charset:
         parser.error("--count and --length must be positive and --charset non-empty")
@@ -377,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = generate_captchas(args.out, args.count, args.seed, args.length, args.charset,
                                   style=args.style, min_length=args.min_length,
                                   oversample=args.oversample,
-                                  oversample_factor=args.oversample_factor)
+                                  oversample_factor=args.oversample_factor,
+                                  fonts=tuple(args.fonts) if args.fonts else None)
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

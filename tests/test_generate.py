@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 import generate
 from conftest import REALDATA_DIR
-from generate import VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
+from generate import SHIPPED_FONTS, VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
 from preprocess import label_from_path, prepare
 from spec import DEFAULT_CHARSET, ModelSpec
 
@@ -127,14 +127,25 @@ def test_multicolorcaptcha_style_without_its_package_says_how_to_install(tmp_pat
     assert not (tmp_path / "x").exists()
 
 
-def test_every_listed_font_draws_ink_and_the_bundled_one_is_always_there():
-    """A machine without any installed font still has the captcha package's own."""
-    fonts = font_files()
-    assert Path(fonts[0]).is_file() and "captcha" in Path(fonts[0]).parts
-    for path in fonts[:1] + fonts[1::max(1, len(fonts) // 5)]:
+def test_every_listed_font_draws_ink_and_the_shipped_ones_are_always_there():
+    """A machine without any installed font still has the fonts shipped in fonts/, among them
+    the captcha package's own; naming a folder draws from that folder alone."""
+    shipped = font_files((str(SHIPPED_FONTS),))
+    assert "DroidSansMono.ttf" in {Path(p).name for p in shipped} and len(shipped) >= 20
+    assert set(shipped) <= set(font_files())
+    for path in shipped:
         image = Image.new("L", (60, 60), 0)
         ImageDraw.Draw(image).text((10, 5), "A", fill=255, font=ImageFont.truetype(path, 40))
         assert np.asarray(image).mean() > 2, path
+
+
+def test_a_fonts_folder_without_fonts_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = main(["--style", "mixed", "--fonts", str(tmp_path / "empty"), "--out", str(tmp_path / "x"),
+                 "--count", "2"])
+    assert code == 1 and "no .ttf or .otf fonts" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() or not any((tmp_path / "x").iterdir())
+
 
 
 def test_bad_arguments_are_refused(tmp_path, capsys):
