@@ -13,10 +13,12 @@ is saved and loaded.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import weakref
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -165,14 +167,56 @@ def save_reader(model: keras.Model, spec: ModelSpec, path: str | Path) -> None:
         model.save(tmp)
 
 
+OWN_PACKAGE = "captcha_crnn"  # the package our registered objects (ctc_loss) are saved under
+
+
+def foreign_objects(config) -> list[str]:
+    """What in a saved model's config is not a built-in Keras object or ours: Lambda layers
+    (Python code) and classes from other modules or packages."""
+    found = []
+    if isinstance(config, dict):
+        if "class_name" in config:
+            module, registered = config.get("module"), config.get("registered_name")
+            if config["class_name"] == "Lambda":
+                found.append("a Lambda layer (Python code)")
+            elif registered and ">" in str(registered) and not str(registered).startswith(OWN_PACKAGE + ">"):
+                found.append(f"the custom object {registered}")
+            elif module is not None and not str(module).startswith("keras"):
+                found.append(f"{config['class_name']} from {module}")
+        for value in config.values():
+            found += foreign_objects(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += foreign_objects(value)
+    return found
+
+
+def check_keras_file(path: Path) -> None:
+    """Refuse, with the reason, a file that is not a .keras archive or that holds more than
+    built-in layers. Model files are data, never code: Keras's safe mode refuses Lambda
+    layers too, and stays on as the last guard, but its errors do not say what was found."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, EOFError, ValueError, OSError):
+        raise ModelLoadError(f"not a .keras model file (truncated, or not a Keras zip archive): "
+                             f"{path}") from None
+    foreign = foreign_objects(config)
+    if foreign:
+        raise ModelLoadError(f"refused to load {path}: it contains {', '.join(sorted(set(foreign)))}; "
+                             "only models of built-in Keras layers load (model files are data, not code)")
+
+
 def load_reader(path: str | Path, compile: bool = False) -> tuple[keras.Model, ModelSpec]:
-    """Load a model in safe mode together with the spec saved beside it."""
+    """Load a model in safe mode together with the spec saved beside it; raises
+    ModelLoadError for a missing, damaged, mismatched or code-carrying file (check_keras_file)."""
     path = Path(path)
     if not path.is_file():
         raise ModelLoadError(f"model not found: {path}")
     spec = ModelSpec.load(spec_path_for(path))
+    check_keras_file(path)
     try:
-        model = keras.saving.load_model(path, compile=compile)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as err:  # keras raises many types for a file that is not a model
         raise ModelLoadError(f"not a loadable Keras model: {path} ({type(err).__name__})") from None
     expected_in, expected_out = (None, *spec.image_shape, 1), (None, time_steps(spec), spec.num_classes)

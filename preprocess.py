@@ -10,6 +10,8 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import struct
+import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,14 +21,20 @@ from typing import Union
 
 import cv2
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from files import atomic_path
 from spec import ModelSpec
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
-PREPROCESS_VERSION = 2  # bump when preprocess_image changes, to invalidate caches
+PREPROCESS_VERSION = 3  # bump when preprocess_image changes, to invalidate caches
+# The most pixels an image may have to be decoded: 25 megapixels (75 MB as RGB), far above any
+# CAPTCHA and far below a decompression bomb (a PNG of a few KB can claim 30000 x 30000).
+# Checked from the header, before decoding; `max_pixels` of load_image and Reader overrides it.
+MAX_PIXELS = 25_000_000
+# Pillow's own warning (above 89 megapixels) is superseded by the limit above, which the caller chose.
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # What a reader accepts as one image: a file path, the encoded bytes of a file (PNG, JPEG,
 # GIF, ... as a web page serves them), a PIL image, or a uint8 array (H, W) or (H, W, 3|4)
@@ -39,13 +47,19 @@ class ImageReadError(ValueError):
 
 
 class ImageTooLargeError(ImageReadError):
-    """An image with more pixels than Pillow will decode (a decompression bomb)."""
+    """An image with more pixels than the limit (MAX_PIXELS): refused before decoding, so a
+    decompression bomb costs neither time nor memory."""
+
+
+def too_large(source, pixels: int, max_pixels: int) -> ImageTooLargeError:
+    return ImageTooLargeError(f"image too large: {describe(source)} has {pixels} pixels, over the "
+                              f"limit of {max_pixels}")
 
 
 def unreadable(source, err: Exception) -> ImageReadError:
     """The project's error for what Pillow could not open, with its reason in a few words."""
     if isinstance(err, Image.DecompressionBombError):
-        return ImageTooLargeError(f"image too large to decode: {describe(source)} ({err})")
+        return ImageTooLargeError(f"image too large: {describe(source)} ({err})")
     reason = "not an image format Pillow reads" if isinstance(err, UnidentifiedImageError) else str(err)
     return ImageReadError(f"not a readable image: {describe(source)} ({reason})")
 
@@ -75,11 +89,17 @@ def describe(source: ImageSource) -> str:
     return f"{type(source).__name__} image" if isinstance(source, Image.Image) else type(source).__name__
 
 
-def open_image(source: ImageSource) -> Image.Image:
-    """Any accepted source -> a loaded PIL image; raises ImageReadError with the reason."""
+def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Any accepted source -> a loaded PIL image, upright as its EXIF orientation says (a
+    phone photo of a CAPTCHA); the first frame of an animation. Raises ImageTooLargeError
+    for more than `max_pixels` before decoding, ImageReadError with the reason otherwise."""
     if isinstance(source, Image.Image):
+        if source.width * source.height > max_pixels:
+            raise too_large(source, source.width * source.height, max_pixels)
         return source
     if isinstance(source, np.ndarray):
+        if source.ndim >= 2 and source.shape[0] * source.shape[1] > max_pixels:
+            raise too_large(source, source.shape[0] * source.shape[1], max_pixels)
         return image_from_array(source)
     if isinstance(source, (str, Path)):
         path = Path(source)
@@ -97,9 +117,13 @@ def open_image(source: ImageSource) -> Image.Image:
                              "a PIL image or a uint8 array)")
     try:
         with Image.open(opener) as img:
+            if img.width * img.height > max_pixels:  # from the header: nothing decoded yet
+                raise too_large(source, img.width * img.height, max_pixels)
             img.load()
-            return img.copy()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+            return ImageOps.exif_transpose(img)  # a copy, turned upright when EXIF says so
+    except ImageTooLargeError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
             Image.DecompressionBombError) as err:
         raise unreadable(source, err) from None
 
@@ -110,7 +134,7 @@ def image_pixels(data: bytes) -> int:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.width * img.height
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
             Image.DecompressionBombError) as err:
         raise unreadable(data, err) from None
 
@@ -128,13 +152,14 @@ def image_from_array(array: np.ndarray) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(array))
 
 
-def load_image(source: ImageSource, color: bool = False) -> np.ndarray:
+def load_image(source: ImageSource, color: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Any accepted source as 8-bit grayscale (H, W), or RGB (H, W, 3) with `color`.
 
-    Handles RGB, RGBA (composited on white), palette, 16-bit and animated images (first
-    frame) alike, whether they come as files, bytes, PIL images or arrays.
+    Handles RGB, RGBA (composited on white), palette, 16-bit, CMYK and animated images (first
+    frame) alike, whether they come as files, bytes, PIL images or arrays; training and
+    reading both load through here, so transparency is flattened the same way in both.
     """
-    img = open_image(source)
+    img = open_image(source, max_pixels)
     if img.width == 0 or img.height == 0:
         raise ImageReadError(f"image has no pixels: {describe(source)}")
     return to_rgb(img) if color else to_grayscale(img)
@@ -317,11 +342,11 @@ def preprocess_image(image: np.ndarray | Image.Image, spec: ModelSpec, *, invert
 
 
 def prepare(source: ImageSource, spec: ModelSpec, *, invert: bool | None = None,
-            strong: bool = False) -> np.ndarray:
+            strong: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load any accepted image (in colour when the spec's colour distance needs it) and
     preprocess it; raises ImageReadError for unreadable input."""
-    return preprocess_image(load_image(source, color=spec.color_distance), spec, invert=invert,
-                            strong=strong)
+    return preprocess_image(load_image(source, color=spec.color_distance, max_pixels=max_pixels),
+                            spec, invert=invert, strong=strong)
 
 
 def in_parallel(work, items: list) -> list:
@@ -388,6 +413,20 @@ def scan_labelled_folder(folder: str | Path, spec: ModelSpec | None) -> Dataset:
             skipped["empty label"] += 1
     found = Dataset(paths, labels, skipped)
     return found.filtered(spec) if spec else found
+
+
+def label_fit_warning(labels: list[str], spec: ModelSpec) -> str | None:
+    """What to warn of when some labels do not fit `spec` (their images are left out of
+    training and scores), with counts and the unknown symbols; None when all fit."""
+    problems = Counter(spec.label_problem(label) for label in labels)
+    problems.pop(None, None)
+    if not problems:
+        return None
+    unknown = sorted({c for label in labels for c in label if c not in spec.charset})
+    reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(problems.items()))
+    return (f"{sum(problems.values())} of {len(labels)} labels do not fit the model ({reasons}; "
+            f"lengths {spec.min_length}..{spec.max_length}"
+            + (f", unknown symbols {''.join(unknown)!r}" if unknown else "") + "): left out")
 
 
 def readable_labelled_images(folder: str | Path, spec: ModelSpec) -> Dataset:

@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from decode import calibrated, decode, log_of_probs
-from preprocess import ImageReadError, ImageSource, in_parallel, load_image, needs_inversion, preprocess_image
+from preprocess import (MAX_PIXELS, ImageReadError, ImageSource, in_parallel, load_image, needs_inversion,
+                        preprocess_image)
 from spec import ModelLoadError, ModelSpec, spec_path_for
 
 DEFAULT_MODEL = Path(__file__).resolve().parent / "saved_model" / "crnn_ctc_final.keras"
@@ -73,13 +74,14 @@ class Reader:
     - `try_variants`: also read each image inverted, with thickened strokes and cropped to its
       text (unless `crop_variant` is False) and keep the most confident reading;
     - `invert` (None: decided per image) and `strong` (thicken strokes): preprocessing choices;
-    - `batch_size`: images per model call.
+    - `batch_size`: images per model call;
+    - `max_pixels`: larger images are refused before decoding (ImageTooLargeError).
     """
 
     def __init__(self, predict: Callable[[np.ndarray], np.ndarray], spec: ModelSpec, *, name: str = "",
                  beam_width: int = 1, views: int | None = None, reread_below: float = 0.0,
                  try_variants: bool = False, crop_variant: bool = True, invert: bool | None = None,
-                 strong: bool = False, batch_size: int = 64):
+                 strong: bool = False, batch_size: int = 64, max_pixels: int = MAX_PIXELS):
         views = spec.views if views is None else views
         if beam_width < 1 or views < 1 or batch_size < 1:
             raise ValueError("beam width, views and batch size must be positive")
@@ -92,6 +94,7 @@ class Reader:
         self.beam_width, self.views, self.reread_below = beam_width, views, reread_below
         self.try_variants, self.crop_variant = try_variants, crop_variant
         self.invert, self.strong, self.batch_size = invert, strong, batch_size
+        self.max_pixels = max_pixels
 
     @classmethod
     def load(cls, path: str | Path | None = None, **options) -> "Reader":
@@ -147,7 +150,7 @@ class Reader:
         """One image -> its preprocessed versions to read, (V, H, W, 1): itself, and with
         `try_variants` also inverted, thickened and cropped."""
         spec = self.spec
-        raw = load_image(image, color=spec.color_distance)
+        raw = load_image(image, color=spec.color_distance, max_pixels=self.max_pixels)
         plain = preprocess_image(raw, spec, invert=self.invert, strong=self.strong)
         if not self.try_variants:
             return plain[None]

@@ -51,8 +51,13 @@ class ModelSpec:
     def __post_init__(self) -> None:
         if not self.charset:
             raise ValueError("charset is empty")
+        if not isinstance(self.charset, str):
+            raise ValueError(f"charset must be a string, not {type(self.charset).__name__}")
         if len(set(self.charset)) != len(self.charset):
             raise ValueError(f"charset has repeated symbols: {self.charset!r}")
+        if any(not c.isprintable() or c.isspace() or c in "/\\" for c in self.charset):
+            raise ValueError(f"charset has a space, control character or path separator, which no "
+                             f"file-name label can hold: {self.charset!r}")
         if self.calibration is not None:
             object.__setattr__(self, "calibration", tuple(float(v) for v in self.calibration))
         if not 1 <= self.min_length <= self.max_length:

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strong", action="store_true", help="thicken thin strokes before reading")
     p.add_argument("--save-debug", "--save_debug", metavar="DIR",
                    help="with --image: write each preprocessing stage as PNG into DIR")
+    p.add_argument("--max-pixels", type=int, default=25_000_000, help="refuse larger images before "
+                   "decoding them (default 25 megapixels: a decompression bomb costs nothing)")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = p.parse_args(argv)
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
@@ -59,6 +61,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--limit must be positive")
     if args.batch_size < 1 or args.beam_width < 1 or (args.views is not None and args.views < 1):
         p.error("--batch-size, --beam-width and --views must be positive")
+    if args.max_pixels < 1:
+        p.error("--max-pixels must be positive")
     if args.reread_below and args.views == 1:
         from reader import REREAD_NEEDS_VIEWS
 
@@ -72,7 +76,7 @@ def image_paths(args: argparse.Namespace) -> list[Path]:
     if args.image:
         if not Path(args.image).is_file():
             raise FileNotFoundError(f"image not found: {args.image}")
-        load_image(args.image)  # an unreadable image fails now, not after the model has loaded
+        load_image(args.image, max_pixels=args.max_pixels)  # fails now, not after the model loads
         return [Path(args.image)]
     paths = list_images(args.folder)[: args.limit]
     if not paths:
@@ -138,15 +142,13 @@ def results_text(rows: list[dict], as_json: bool) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from files import write_text_atomic
-    from metrics import score
-    from preprocess import label_from_path
     from reader import Reader
 
     paths = image_paths(args)
     reader = Reader.load(args.model, beam_width=args.beam_width, views=args.views,
                          reread_below=args.reread_below, try_variants=args.try_variants,
                          crop_variant=not args.no_auto_crop, invert=True if args.force_invert else None,
-                         strong=args.strong, batch_size=args.batch_size)
+                         strong=args.strong, batch_size=args.batch_size, max_pixels=args.max_pixels)
     if args.save_debug and args.image:
         save_debug_stages(paths[0], reader, args.save_debug)
     rows, skipped = read_paths(reader, paths, args.quiet, skip_unreadable=bool(args.folder))
@@ -157,12 +159,27 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(results_text(rows, as_json=False))
     if args.output:
         write_text_atomic(args.output, results_text(rows, Path(args.output).suffix.lower() == ".json"))
-    truths = [label_from_path(r["path"]) for r in rows]
-    if args.folder and all(reader.spec.label_problem(t) is None for t in truths):
-        s = score([r["prediction"] for r in rows], truths)
-        print(f"exact_match={s['exact_match']:.4f} cer={s['cer']:.4f} n={s['n']}"
-              + (f" skipped={skipped}" if skipped else ""))
+    if args.folder:
+        print_score(rows, reader.spec, skipped)
     return 0
+
+
+def print_score(rows: list[dict], spec, skipped: int) -> None:
+    """Exact match and CER over the files whose names are labels this model reads. Files
+    named otherwise are not scored; when only some are, a warning says how many."""
+    from metrics import score
+    from preprocess import label_fit_warning, label_from_path
+
+    truths = [label_from_path(r["path"]) for r in rows]
+    fits = [spec.label_problem(t) is None for t in truths]
+    if not any(fits):
+        return
+    warning = label_fit_warning(truths, spec)
+    if warning:
+        print(f"warning: {warning.replace(': left out', ': not scored')}", file=sys.stderr)
+    s = score([r["prediction"] for r, ok in zip(rows, fits) if ok], [t for t, ok in zip(truths, fits) if ok])
+    print(f"exact_match={s['exact_match']:.4f} cer={s['cer']:.4f} n={s['n']}"
+          + (f" skipped={skipped}" if skipped else ""))
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -31,10 +31,11 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from decode import fit_calibration  # noqa: E402
-from files import atomic_path, write_text_atomic  # noqa: E402
+from files import FolderInUseError, atomic_path, exclusive_lock, write_text_atomic  # noqa: E402
 from generate import STYLES, generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from preprocess import label_from_path, preprocessed_cache, scan_labelled_folder, split_dataset  # noqa: E402
+from preprocess import (label_fit_warning, label_from_path, preprocessed_cache,  # noqa: E402
+                        scan_labelled_folder, split_dataset)
 from reader import Reader  # noqa: E402
 from spec import ModelLoadError, ModelSpec, infer_spec  # noqa: E402
 
@@ -362,6 +363,9 @@ def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
         raise ValueError(f"{data_dir}: no labelled images ({found.summary()})")
     spec = choose_spec(found.labels[: config.limit], config, init_spec)
     scan = found.filtered(spec)
+    warning = label_fit_warning(found.labels[: config.limit], spec)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     paths, labels = scan.paths[: config.limit], scan.labels[: config.limit]
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
@@ -471,9 +475,15 @@ def evaluate(model: keras.Model, spec: ModelSpec, data: TrainingData) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    out_dir = Path(config.out)
+    with exclusive_lock(out_dir / ".resume" / "lock", f"output folder {out_dir}"):
+        return run(config, argv)
+
+
+def run(config: TrainConfig, argv: list[str] | None) -> int:
+    """One training run, its output folder held by this process (main)."""
     keras.utils.set_random_seed(config.seed)
     out_dir = Path(config.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     init = load_reader(config.init_from) if config.init_from else None
     data = load_data(config, init[1] if init else None)
     lr = config.lr or (3e-4 if init else 1e-3)
@@ -511,7 +521,7 @@ def cli(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
-    except (FileNotFoundError, ValueError, ModelLoadError) as err:
+    except (FileNotFoundError, ValueError, ModelLoadError, FolderInUseError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 

@@ -26,13 +26,17 @@ sys.path.insert(0, str(ROOT))
 from files import write_text_atomic  # noqa: E402
 from generate import generate_captchas  # noqa: E402
 from metrics import calibration_report, confusion_pairs, score  # noqa: E402
-from preprocess import readable_labelled_images  # noqa: E402
+from preprocess import label_fit_warning, readable_labelled_images, scan_labelled_folder  # noqa: E402
 from reader import Reader  # noqa: E402
 from spec import ModelLoadError  # noqa: E402
 
 
 def read_folder(reader: Reader, folder: Path) -> tuple[list[str], list[str], list[float]]:
-    """(predictions, truths, confidences) for every valid labelled image in `folder`."""
+    """(predictions, truths, confidences) for every valid labelled image in `folder`; the
+    others are counted in a warning, so that a score never silently covers part of a folder."""
+    warning = label_fit_warning(scan_labelled_folder(folder, None).labels, reader.spec)
+    if warning:
+        print(f"warning: {folder}: {warning}", file=sys.stderr)
     scan = readable_labelled_images(folder, reader.spec)
     readings = reader.read_all(scan.paths)
     return [r.text for r in readings], scan.labels, [r.confidence for r in readings]

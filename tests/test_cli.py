@@ -139,7 +139,7 @@ def test_missing_model_and_not_a_model(read_cli, captcha_dir, bad_files):
     assert_one_line_error(read_cli("--model", "missing.keras", "--image", image),
                           "model not found")
     assert_one_line_error(read_cli("--model", str(bad_files["not_model"]), "--image", image),
-                          "not a loadable Keras model")
+                          "not a .keras model file")
 
 
 def test_folder_skips_bad_files_and_writes_csv_and_json(read_cli, captcha_dir, bad_files, tmp_path):

@@ -104,7 +104,7 @@ def test_bad_models_and_options_are_refused(reader, tmp_path):
         Reader.load(tmp_path / "model.h5")
     (tmp_path / "junk.keras").write_text("not a zip")
     (tmp_path / "junk.json").write_text(json.dumps({"charset": "AB"}))
-    with pytest.raises(ModelLoadError, match="not a loadable Keras model"):
+    with pytest.raises(ModelLoadError, match="not a .keras model file"):
         Reader.load(tmp_path / "junk.keras")
     (tmp_path / "nospec.keras").write_bytes(SHIPPED.read_bytes())
     with pytest.raises(ModelLoadError, match="model spec not found"):
