@@ -15,6 +15,10 @@ Four styles:
   requirements-dev.txt, GPLv3, not a requirement of the reader), drawn as its `gen_captcha_image`
   draws (`draw_multicolorcaptcha`): unlimited pretraining images for a site that uses it.
 
+- `wheezy`, the third-party generator wheezy.captcha (MIT, a development dependency) with the
+  drawings its documentation shows: background, text warped, rotated and offset, a curve,
+  noise, smoothing. An outside style for scoring models on a generator they never saw.
+
 Labels come from a seeded generator, so the same seed names the same files and a second
 run reuses what is already on disk.
 
@@ -46,7 +50,7 @@ from preprocess import label_from_path
 from spec import DEFAULT_CHARSET, DEFAULT_LABEL_LENGTH
 
 CAPTCHA_WIDTH, CAPTCHA_HEIGHT = 200, 70
-STYLES = ("default", "varied", "mixed", "multicolorcaptcha")
+STYLES = ("default", "varied", "mixed", "multicolorcaptcha", "wheezy")
 SHIPPED_FONTS = Path(__file__).resolve().parent / "fonts"  # freely licensed, see fonts/README.md
 FONT_FOLDERS = ("/usr/share/fonts", "/usr/local/share/fonts", "/Library/Fonts",
                 "/System/Library/Fonts", "C:/Windows/Fonts")
@@ -305,6 +309,21 @@ def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
     return canvas
 
 
+def draw_wheezy(label: str, seed: str, fonts: tuple[str, ...]) -> Image.Image:
+    """A CAPTCHA of wheezy.captcha 3 as its documentation draws one, in `fonts`. The package
+    draws from the global `random`, seeded here per image."""
+    try:
+        from wheezy.captcha import image as wheezy
+    except ImportError as exc:
+        raise RuntimeError("the wheezy style needs the package: pip install -r requirements-dev.txt") from exc
+    random.seed(seed)
+    draw = wheezy.captcha(drawings=[
+        wheezy.background(),
+        wheezy.text(fonts=list(fonts), drawings=[wheezy.warp(), wheezy.rotate(), wheezy.offset()]),
+        wheezy.curve(), wheezy.noise(), wheezy.smooth()])
+    return draw(list(label))
+
+
 def _write_one(path: str, style: str, seed: int, fonts: tuple[str, ...] | None) -> None:
     label = label_from_path(path)
     with atomic_path(path) as tmp:
@@ -314,6 +333,8 @@ def _write_one(path: str, style: str, seed: int, fonts: tuple[str, ...] | None) 
             draw_mixed(label, random.Random(f"{seed}:{Path(path).name}"), font_files(fonts)).save(tmp)
         elif style == "multicolorcaptcha":
             draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
+        elif style == "wheezy":
+            draw_wheezy(label, f"{seed}:{Path(path).name}", font_files(fonts)).save(tmp)
         else:
             from captcha.image import ImageCaptcha
 
@@ -333,6 +354,8 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
         raise ValueError(f"unknown style {style!r}; choose one of {', '.join(STYLES)}")
     if style == "multicolorcaptcha":
         _multicolor_generator()  # fail here, with the install hint, not in every worker
+    if style == "wheezy":
+        draw_wheezy("A", "0", font_files(fonts))  # the same: fail once, here
     if style != "multicolorcaptcha" and (fonts or style != "default"):
         font_files(fonts)  # fail here when no font is found, not in every worker
     out_dir = Path(out_dir)
@@ -365,8 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--charset", default=DEFAULT_CHARSET, help="symbols to draw from")
     parser.add_argument("--style", choices=STYLES, default="default",
                         help="default: the embedded dataset; varied: many fonts and colours, for "
-                             "pretraining; mixed: a generalist pretraining style; multicolorcaptcha: "
-                             "that package's style (install it first)")
+                             "pretraining; mixed: a generalist pretraining style; multicolorcaptcha, "
+                             "wheezy: those packages' styles (pip install -r requirements-dev.txt)")
     parser.add_argument("--oversample", default="", metavar="SYMBOLS",
                         help="draw these symbols more often than the others (look-alikes a "
                              "reader confuses, e.g. 0O)")

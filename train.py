@@ -321,6 +321,24 @@ class FreshImages(keras.callbacks.Callback):
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class ValidationReadings(keras.callbacks.Callback):
+    """Exact match and CER of the validation split read through the one reading path, added
+    to the epoch's logs (the log line, TensorBoard and the CSV see them): the loss alone hides
+    when a model starts to read. At most `limit` images, so that a large split costs seconds."""
+
+    def __init__(self, data: "TrainingData", limit: int = 2000):
+        super().__init__()
+        self.data, self.indices = data, data.val[:limit]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None or not len(self.indices):
+            return
+        texts, _ = read_cached(self.model, self.data.spec, self.data, self.indices)
+        result = score(texts, [self.data.labels[i] for i in self.indices])
+        logs["val_exact_match"], logs["val_cer"] = result["exact_match"], result["cer"]
+        logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+
 class Checkpoints(keras.callbacks.Callback):
     """Best model by validation loss, plus a resumable training state, both written atomically."""
 
@@ -430,10 +448,14 @@ def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epo
     train_ds = make_dataset(train_source, train_i, batch_size, True, not config.no_augment, config.seed)
     val_ds = make_dataset(source, data.val, batch_size, False, False, config.seed)
     steps_per_epoch = max(MIN_STEPS_PER_EPOCH, int(np.ceil(len(train_i) / batch_size)))
+    logs = log_dir(config)
     callbacks = [
+        ValidationReadings(data),  # first: the callbacks after it see its figures
         keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, config.patience // 2),
                                           min_lr=lr / 100, verbose=1),
         keras.callbacks.EarlyStopping(patience=config.patience),
+        keras.callbacks.CSVLogger(str(logs / "epochs.csv"), append=True),  # a resumed run goes on
+        keras.callbacks.TensorBoard(str(logs), write_graph=False),
         Checkpoints(data.spec, best_path, state_dir, best),
     ]
     if fresh:
@@ -446,6 +468,51 @@ def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epo
                         shuffle=False,  # the dataset shuffles itself
                         verbose=1 if sys.stdout.isatty() else 2)  # a log file gets one line per epoch
     return initial_epoch + len(history.epoch)
+
+
+def log_dir(config: TrainConfig) -> Path:
+    """OUT/logs/NAME: TensorBoard event files and epochs.csv, one row per finished epoch."""
+    folder = Path(config.out) / "logs" / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def plot_curves(csv_path: Path, png_path: Path) -> None:
+    """Loss, validation loss, learning rate and validation exact match per epoch, as a PNG.
+    An epoch logged twice (killed after its row, before its checkpoint) counts once: its last."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(csv_path) as f:
+        rows = {int(r["epoch"]): r for r in csv.DictReader(f)}
+    epochs = sorted(rows)
+    if not epochs:
+        return
+    def column(name: str) -> list[float]:
+        return [float(rows[e].get(name) or "nan") for e in epochs]
+
+    shown = [e + 1 for e in epochs]
+    fig, (losses, reading, rate) = plt.subplots(1, 3, figsize=(13, 3.6))
+    losses.plot(shown, column("loss"), label="train")
+    losses.plot(shown, column("val_loss"), label="validation")
+    losses.set(title="CTC loss", xlabel="epoch", yscale="log")
+    losses.legend()
+    reading.plot(shown, column("val_exact_match"), label="exact match")
+    reading.plot(shown, column("val_cer"), label="CER")
+    reading.set(title="validation reading", xlabel="epoch", ylim=(0, 1))
+    reading.legend()
+    rate.plot(shown, column("learning_rate"))
+    rate.set(title="learning rate", xlabel="epoch", yscale="log")
+    for ax in (losses, reading, rate):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(png_path) as tmp:
+        fig.savefig(tmp, dpi=90)
+    plt.close(fig)
 
 
 def read_cached(model: keras.Model, spec: ModelSpec, data: TrainingData,
@@ -511,6 +578,11 @@ def run(config: TrainConfig, argv: list[str] | None) -> int:
         print(f"test split: exact_match={results['exact_match']:.4f} "
               f"exact_match_ci={results['exact_match_ci']:.4f} cer={results['cer']:.4f} n={results['n']}")
     print(f"saved {final_path}, {metrics_path} and {final_path.with_suffix('.config.json')}")
+    curves = log_dir(config) / "epochs.csv"
+    if curves.exists():
+        plot_curves(curves, out_dir / f"{config.name}_curves.png")
+        print(f"curves: {out_dir / f'{config.name}_curves.png'}; TensorBoard: tensorboard --logdir "
+              f"{log_dir(config)}")
     shutil.rmtree(state_dir, ignore_errors=True)
     return 0
 

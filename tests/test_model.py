@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import zipfile
@@ -11,6 +12,7 @@ import h5py
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 import train
 from conftest import SHIPPED
@@ -223,6 +225,17 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
     assert "resuming after epoch 1" in out
     assert (tmp_path / "crnn_ctc_final.keras").exists()
     assert not list(state_root.glob("*/state.keras"))
+    # The resumed part continues the same record: one row per epoch, the curves drawn from it.
+    logs = tmp_path / "logs" / "crnn_ctc"
+    with open(logs / "epochs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for row in rows:
+        assert 0 <= float(row["val_exact_match"]) <= 1 and 0 <= float(row["val_cer"])
+        assert float(row["learning_rate"]) > 0 and float(row["val_loss"]) > 0
+    assert len(list(logs.glob("validation/events.out.tfevents.*"))) == 2  # one file per part
+    assert Image.open(tmp_path / "crnn_ctc_curves.png").size[0] > 600
+    assert f"curves: {tmp_path / 'crnn_ctc_curves.png'}" in out and "tensorboard --logdir" in out
 
 
 @pytest.mark.slow
