@@ -342,11 +342,11 @@ def preprocess_image(image: np.ndarray | Image.Image, spec: ModelSpec, *, invert
 
 
 def prepare(source: ImageSource, spec: ModelSpec, *, invert: bool | None = None,
-            strong: bool = False, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+            strong: bool = False) -> np.ndarray:
     """Load any accepted image (in colour when the spec's colour distance needs it) and
     preprocess it; raises ImageReadError for unreadable input."""
-    return preprocess_image(load_image(source, color=spec.color_distance, max_pixels=max_pixels),
-                            spec, invert=invert, strong=strong)
+    return preprocess_image(load_image(source, color=spec.color_distance), spec, invert=invert,
+                            strong=strong)
 
 
 def in_parallel(work, items: list) -> list:
@@ -415,9 +415,9 @@ def scan_labelled_folder(folder: str | Path, spec: ModelSpec | None) -> Dataset:
     return found.filtered(spec) if spec else found
 
 
-def label_fit_warning(labels: list[str], spec: ModelSpec) -> str | None:
+def label_fit_warning(labels: list[str], spec: ModelSpec, outcome: str = "left out") -> str | None:
     """What to warn of when some labels do not fit `spec` (their images are left out of
-    training and scores), with counts and the unknown symbols; None when all fit."""
+    training and scores: `outcome`), with counts and the unknown symbols; None when all fit."""
     problems = Counter(spec.label_problem(label) for label in labels)
     problems.pop(None, None)
     if not problems:
@@ -426,7 +426,7 @@ def label_fit_warning(labels: list[str], spec: ModelSpec) -> str | None:
     reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(problems.items()))
     return (f"{sum(problems.values())} of {len(labels)} labels do not fit the model ({reasons}; "
             f"lengths {spec.min_length}..{spec.max_length}"
-            + (f", unknown symbols {''.join(unknown)!r}" if unknown else "") + "): left out")
+            + (f", unknown symbols {''.join(unknown)!r}" if unknown else "") + f"): {outcome}")
 
 
 def readable_labelled_images(folder: str | Path, spec: ModelSpec) -> Dataset:

@@ -24,6 +24,8 @@ DEFAULT_MODEL = "saved_model/crnn_ctc_final.keras"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    from preprocess import MAX_PIXELS  # light: no TensorFlow
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=DEFAULT_MODEL, help="trained model: .keras, or an export "
                    "(.onnx reads without TensorFlow, .tflite, a SavedModel folder); its .json spec beside "
@@ -51,8 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--strong", action="store_true", help="thicken thin strokes before reading")
     p.add_argument("--save-debug", "--save_debug", metavar="DIR",
                    help="with --image: write each preprocessing stage as PNG into DIR")
-    p.add_argument("--max-pixels", type=int, default=25_000_000, help="refuse larger images before "
-                   "decoding them (default 25 megapixels: a decompression bomb costs nothing)")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images before "
+                   f"decoding them (default {MAX_PIXELS}: a decompression bomb costs nothing)")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
     args = p.parse_args(argv)
     if args.output and Path(args.output).suffix.lower() not in (".csv", ".json"):
@@ -174,9 +176,9 @@ def print_score(rows: list[dict], spec, skipped: int) -> None:
     fits = [spec.label_problem(t) is None for t in truths]
     if not any(fits):
         return
-    warning = label_fit_warning(truths, spec)
+    warning = label_fit_warning(truths, spec, outcome="not scored")
     if warning:
-        print(f"warning: {warning.replace(': left out', ': not scored')}", file=sys.stderr)
+        print(f"warning: {warning}", file=sys.stderr)
     s = score([r["prediction"] for r, ok in zip(rows, fits) if ok], [t for t, ok in zip(truths, fits) if ok])
     print(f"exact_match={s['exact_match']:.4f} cer={s['cer']:.4f} n={s['n']}"
           + (f" skipped={skipped}" if skipped else ""))

@@ -41,7 +41,7 @@ from spec import ModelLoadError, ModelSpec, infer_spec  # noqa: E402
 
 DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
 DEFAULT_SYNTHETIC_COUNT = 40000
-SMALL_DATA = 2000
+SMALL_DATA = 2000  # fewer images than this: smaller batches, a larger validation split, more patience
 MIN_STEPS_PER_EPOCH = 50  # tiny sets repeat within an epoch, so patience counts real progress
 
 
@@ -67,9 +67,9 @@ class TrainConfig:
     views: int | None = None
     init_from: str | None = None
     no_augment: bool = False
-    val_fraction: float = 0.1
+    val_fraction: float | None = None
     test_fraction: float = 0.1
-    patience: int = 6
+    patience: int | None = None
     fresh_images: int | None = None
     fresh_style: str = "default"
     fresh_oversample: str = ""
@@ -121,10 +121,12 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
                    "layers, new output layer if the charset differs")
     p.add_argument("--no-augment", action="store_true", help="turn off random shifts, zoom, "
                    "contrast and noise on training images")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of images for validation")
+    p.add_argument("--val-fraction", type=float, help="share of images for validation (default "
+                   f"0.1; 0.2 below {SMALL_DATA} images, so that early stopping rests on enough of them)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share held out for the test")
-    p.add_argument("--patience", type=int, default=6, help="epochs without validation "
-                   "improvement before stopping (the learning rate drops after half of them)")
+    p.add_argument("--patience", type=int, help="epochs without validation improvement before "
+                   f"stopping, the learning rate dropping after half of them (default 6; 12 below "
+                   f"{SMALL_DATA} images, whose validation loss is noisier)")
     p.add_argument("--fresh-images", type=int, metavar="N", help="train every epoch on N newly "
                    "generated images (--fresh-style, label seed --fresh-seed + epoch) instead of the "
                    "data's training split, which goes unused; validation and test stay on the data")
@@ -402,8 +404,10 @@ def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
     if not ok.all():
         print(f"skipped {int((~ok).sum())} unreadable images")
     usable = np.flatnonzero(ok)
+    val_fraction = config.val_fraction if config.val_fraction is not None else \
+        (0.2 if len(usable) < SMALL_DATA else 0.1)
     train, val, test = (usable[i] for i in split_dataset(
-        len(usable), config.val_fraction, config.test_fraction, config.seed))
+        len(usable), val_fraction, config.test_fraction, config.seed))
     return TrainingData(data_dir, spec, labels, images, spec.encode_all(labels), train, val, test)
 
 
@@ -438,9 +442,11 @@ def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epo
                             config.fresh_seed, Path(config.out) / ".fresh" / config.fingerprint(),
                             config.fresh_oversample)
         train_i = np.arange(config.fresh_images)
-    batch_size = config.batch_size or (64 if len(train_i) >= SMALL_DATA else 16)
+    small = len(train_i) < SMALL_DATA
+    batch_size = config.batch_size or (16 if small else 64)
+    patience = config.patience or (12 if small else 6)
     print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(data.val)} "
-          f"validation, {len(data.test)} test; batch size {batch_size}")
+          f"validation, {len(data.test)} test; batch size {batch_size}, patience {patience}")
     if initial_epoch >= config.epochs:
         return initial_epoch
     if fresh:
@@ -451,9 +457,9 @@ def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epo
     logs = log_dir(config)
     callbacks = [
         ValidationReadings(data),  # first: the callbacks after it see its figures
-        keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, config.patience // 2),
+        keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, patience // 2),
                                           min_lr=lr / 100, verbose=1),
-        keras.callbacks.EarlyStopping(patience=config.patience),
+        keras.callbacks.EarlyStopping(patience=patience),
         keras.callbacks.CSVLogger(str(logs / "epochs.csv"), append=True),  # a resumed run goes on
         keras.callbacks.TensorBoard(str(logs), write_graph=False),
         Checkpoints(data.spec, best_path, state_dir, best),

@@ -12,8 +12,8 @@ and, when ../shared/realdata is beside the clone, each labelled set there (zero-
 Every style gets 1,000 test images and a separate pool of 500 for fine-tuning, made once into
 data/generalise/ by seeds of their own. Writes OUT.md (table), OUT.json and OUT.png (plot).
 
-    python bench/generalise.py --model saved_model/crnn_ctc_final.keras
-    python bench/generalise.py --model saved_model/crnn_ctc_final.keras --finetune 100 500
+    python bench/generalise.py --model saved_model/crnn_ctc_final.keras saved_model/base.keras ddddocr
+    python bench/generalise.py --model saved_model/base.keras --finetune 100 500
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from accuracy import read_folder  # noqa: E402
 from files import write_text_atomic  # noqa: E402
 from generate import generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from preprocess import list_images  # noqa: E402
+from preprocess import list_images, scan_labelled_folder  # noqa: E402
+from peers import read_with_ddddocr  # noqa: E402
 from reader import Reader  # noqa: E402
 
 DATA = ROOT / "data" / "generalise"
@@ -63,8 +63,10 @@ def held_out_fonts() -> tuple[str, ...]:
     return found
 
 
-def make_style(name: str, index: int) -> tuple[Path, Path]:
-    """(test folder, fine-tuning pool folder) of one outside style, generated on first use."""
+def make_style(name: str) -> tuple[Path, Path]:
+    """(test folder, fine-tuning pool folder) of one outside style, generated on first use;
+    the seeds follow the style's place in STYLES, so a folder always holds the same draw."""
+    index = list(STYLES).index(name)
     options = dict(STYLES[name])
     fonts = held_out_fonts() if options.pop("held_out_fonts", False) else None
     folders = []
@@ -98,16 +100,30 @@ def fine_tune(model: Path, pool: Path, size: int, name: str, work: Path) -> tupl
     return out / f"{name}_final.keras", (time.time() - start) / 60
 
 
-def scored(reader: Reader, folder: Path) -> dict:
-    predictions, truths, _ = read_folder(reader, folder)
-    result = score(predictions, truths)
+PEER = "ddddocr"  # as --model: the peer out of the box (pip install ddddocr==1.6.1), for comparison
+
+
+def reading_function(model: str):
+    """paths -> texts, for one of our models or the peer."""
+    if model == PEER:
+        return lambda paths: read_with_ddddocr(paths)[0]
+    reader = Reader.load(model)
+    return lambda paths: [r.text for r in reader.read_all(paths)]
+
+
+def scored(read, folder: Path) -> dict:
+    """Scores over every labelled image, those with labels the model cannot give included
+    (a model of 5 symbols reading 4): they count as wrong, as they would for a user."""
+    found = scan_labelled_folder(folder, None)
+    result = score(read(found.paths), found.labels)
     return {k: result[k] for k in ("exact_match", "exact_match_ci", "cer", "n")}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(ROOT / "saved_model" / "crnn_ctc_final.keras"))
+    parser.add_argument("--model", nargs="+", default=[str(ROOT / "saved_model" / "crnn_ctc_final.keras")],
+                        help=f"models to compare, each scored on every style; {PEER!r}: that peer")
     parser.add_argument("--styles", nargs="+", choices=list(STYLES), default=list(STYLES))
     parser.add_argument("--finetune", nargs="*", type=int, default=[], metavar="N",
                         help="also fine-tune on the first N pool images of each style (at most 500)")
@@ -117,46 +133,44 @@ def main() -> int:
     args = parser.parse_args()
     if any(not 1 <= n <= POOL_COUNT for n in args.finetune):
         parser.error(f"--finetune sizes must be between 1 and {POOL_COUNT}")
-    model = Path(args.model)
-    reader = Reader.load(model)
     rows = []
     work = Path(tempfile.mkdtemp(prefix="generalise-"))
-    for index, name in enumerate(args.styles):
-        test, pool = make_style(name, index)
-        row = {"style": name, "zero_shot": scored(reader, test)}
-        for size in args.finetune:
-            tuned, minutes = fine_tune(model, pool, size, name.replace("-", "_"), work)
-            row[f"finetune_{size}"] = {**scored(Reader.load(tuned), test), "minutes": round(minutes, 1)}
-        print(json.dumps(row), flush=True)
-        rows.append(row)
+    folders = {name: make_style(name) for name in args.styles}
     if not args.no_realdata and REALDATA_DIR.is_dir():
-        for folder in sorted(p for p in REALDATA_DIR.iterdir() if (p / "SOURCE.md").exists()):
-            row = {"style": f"realdata/{folder.name}", "zero_shot": scored(reader, folder)}
+        folders.update({f"realdata/{p.name}": (p, None) for p in sorted(REALDATA_DIR.iterdir())
+                        if (p / "SOURCE.md").exists()})
+    for model in args.model:
+        read = reading_function(model)
+        for name, (test, pool) in folders.items():
+            row = {"style": name, "model": Path(model).name, "zero_shot": scored(read, test)}
+            for size in args.finetune if pool and model != PEER else []:
+                tuned, minutes = fine_tune(Path(model), pool, size, name.replace("-", "_"), work)
+                row[f"finetune_{size}"] = {**scored(reading_function(str(tuned)), test),
+                                           "minutes": round(minutes, 1)}
             print(json.dumps(row), flush=True)
             rows.append(row)
     command = "python bench/generalise.py " + " ".join(sys.argv[1:])
-    write_text_atomic(Path(args.out + ".json"), json.dumps({"model": str(model), "command": command,
-                                                           "rows": rows}, indent=2))
-    write_table(rows, args.finetune, model, command, Path(args.out + ".md"))
+    write_text_atomic(Path(args.out + ".json"), json.dumps({"command": command, "rows": rows}, indent=2))
+    write_table(rows, args.finetune, command, Path(args.out + ".md"))
     plot(rows, args.finetune, Path(args.out + ".png"))
     return 0
 
 
-def write_table(rows: list[dict], sizes: list[int], model: Path, command: str, path: Path) -> None:
-    lines = [f"# Reading styles never seen in training: `{model.name}`", "",
+def write_table(rows: list[dict], sizes: list[int], command: str, path: Path) -> None:
+    lines = ["# Reading styles never seen in training", "",
              f"`{command}`: exact match (ignoring case) on 1,000 test images of each style",
              "(realdata: every image of the set); fine-tuned with `python train.py --init-from MODEL "
              "--data-dir DIR --name NAME` on the first N of another 500.", "",
-             "| style | zero-shot | CER | "
+             "| style | model | zero-shot | CER | "
              + " | ".join(f"{n} images: exact (minutes)" for n in sizes) + " |",
-             "|---|---:|---:|" + "---:|" * len(sizes)]
+             "|---|---|---:|---:|" + "---:|" * len(sizes)]
     for row in rows:
         zero = row["zero_shot"]
         cells = [f"{zero['exact_match']:.3f} ({zero['exact_match_ci']:.3f})", f"{zero['cer']:.3f}"]
         for n in sizes:
             tuned = row.get(f"finetune_{n}")
             cells.append(f"{tuned['exact_match']:.3f} ({tuned['minutes']:.0f})" if tuned else "")
-        lines.append(f"| {row['style']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row['style']} | {row['model']} | " + " | ".join(cells) + " |")
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -171,7 +185,7 @@ def plot(rows: list[dict], sizes: list[int], path: Path) -> None:
     for row in rows:
         ys = [row["zero_shot"]["exact_match"]] + [row[f"finetune_{n}"]["exact_match"] for n in sizes
                                                   if f"finetune_{n}" in row]
-        ax.plot(xs[:len(ys)], ys, "o-", label=row["style"])
+        ax.plot(xs[:len(ys)], ys, "o-", label=f"{row['style']} ({row['model']})")
     ax.set_ylim(0, 1)
     ax.set_xlabel("labelled images of the style used to fine-tune (0: zero-shot)")
     ax.set_ylabel("exact match on 1,000 others")

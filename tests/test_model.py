@@ -150,6 +150,8 @@ def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys):
                        "--batch-size", "8", "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
     assert "charset (10): 0123456789  lengths 4..4  (from the labels)" in out
+    # A few images: a fifth for validation, so that early stopping rests on enough, and patience 12.
+    assert "split: 17 train, 5 validation, 2 test; batch size 8, patience 12" in out
     model, spec = load_reader(tmp_path / "out" / "crnn_ctc_final.keras")
     assert (spec.charset, spec.min_length, spec.max_length) == ("0123456789", 4, 4)
     assert model.output_shape[-1] == 11
