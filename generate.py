@@ -309,13 +309,18 @@ def draw_multicolorcaptcha(label: str, seed: str) -> Image.Image:
     return canvas
 
 
+def _wheezy():
+    try:
+        from wheezy.captcha import image
+    except ImportError as exc:
+        raise RuntimeError("the wheezy style needs the package: pip install -r requirements-dev.txt") from exc
+    return image
+
+
 def draw_wheezy(label: str, seed: str, fonts: tuple[str, ...]) -> Image.Image:
     """A CAPTCHA of wheezy.captcha 3 as its documentation draws one, in `fonts`. The package
     draws from the global `random`, seeded here per image."""
-    try:
-        from wheezy.captcha import image as wheezy
-    except ImportError as exc:
-        raise RuntimeError("the wheezy style needs the package: pip install -r requirements-dev.txt") from exc
+    wheezy = _wheezy()
     random.seed(seed)
     draw = wheezy.captcha(drawings=[
         wheezy.background(),
@@ -355,7 +360,7 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
     if style == "multicolorcaptcha":
         _multicolor_generator()  # fail here, with the install hint, not in every worker
     if style == "wheezy":
-        draw_wheezy("A", "0", font_files(fonts))  # the same: fail once, here
+        _wheezy()  # the same: fail once, here
     if style != "multicolorcaptcha" and (fonts or style != "default"):
         font_files(fonts)  # fail here when no font is found, not in every worker
     out_dir = Path(out_dir)

@@ -498,6 +498,7 @@ def plot_curves(csv_path: Path, png_path: Path) -> None:
     epochs = sorted(rows)
     if not epochs:
         return
+
     def column(name: str) -> list[float]:
         return [float(rows[e].get(name) or "nan") for e in epochs]
 
