@@ -88,6 +88,17 @@ def test_mixed_style_varies_size_and_look_and_is_seeded(tmp_path):
         assert np.percentile(grey, 99.5) - np.percentile(grey, 0.5) > 0.3, path.name
 
 
+def test_wheezy_style_draws_the_named_fonts_and_is_seeded(tmp_path):
+    """The outside generator: the same seed gives the same pixels; another font, other ones."""
+    lato, comic = str(SHIPPED_FONTS / "Lato-Bold.ttf"), str(SHIPPED_FONTS / "ComicNeue-Bold.otf")
+    first = generate_captchas(tmp_path / "a", 4, seed=2, style="wheezy", fonts=(lato,), progress=False)
+    again = generate_captchas(tmp_path / "b", 4, seed=2, style="wheezy", fonts=(lato,), progress=False)
+    other = generate_captchas(tmp_path / "c", 4, seed=2, style="wheezy", fonts=(comic,), progress=False)
+    for a, b, c in zip(first, again, other):
+        assert a.name == b.name == c.name
+        assert a.read_bytes() == b.read_bytes() and a.read_bytes() != c.read_bytes()
+
+
 MULTICOLOR_SET = REALDATA_DIR / "multicolorcaptcha"
 MULTICOLOR_CHARSET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 
