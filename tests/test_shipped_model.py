@@ -95,3 +95,24 @@ def test_fine_tuned_models_and_their_onnx_exports_read_their_set(name):
     assert score([r.text for r in readings], labels)["cer"] <= recorded(name)["cer"] + 0.1
     assert [r.text for r in onnx_reader.read_prepared(images)] == [r.text for r in readings]
     assert np.abs(reader.probabilities(images) - onnx_reader.probabilities(images)).max() < 1e-4
+
+
+def test_the_generalist_base_reads_a_generator_and_fonts_it_never_saw(shipped_reader):
+    """saved_model/base.keras, pretrained without wheezy.captcha and without the font families
+    of bench/generalise.py, reads tests/data/wheezy100 (that generator in those fonts) as
+    `bench/accuracy.py --model saved_model/base.keras --folder tests/data/wheezy100 --record
+    wheezy100` recorded; the default model reads almost none of them."""
+    base = ROOT / "saved_model" / "base.keras"
+    assert max(base.stat().st_size, base.with_suffix(".onnx").stat().st_size) < MAX_MODEL_BYTES
+    paths = list_images(ROOT / "tests" / "data" / "wheezy100")
+    labels = [label_from_path(p) for p in paths]
+    reader = Reader.load(base)
+    result = score([r.text for r in reader.read(paths)], labels)
+    figures = recorded("base")["wheezy100"]
+    assert figures["n"] == len(paths) == 100
+    assert result["exact_match"] >= figures["exact_match"] - 0.05  # 100 images: one is 0.01
+    assert result["cer"] <= figures["cer"] + 0.03
+    default = score([r.text for r in shipped_reader.read(paths)], labels)
+    assert default["exact_match"] < result["exact_match"] - 0.1
+    onnx = Reader.load(base.with_suffix(".onnx"))
+    assert [r.text for r in onnx.read(paths[:16])] == [r.text for r in reader.read(paths[:16])]
