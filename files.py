@@ -42,10 +42,11 @@ class FolderInUseError(RuntimeError):
 
 
 @contextmanager
-def exclusive_lock(lock_path: str | Path, what: str) -> Iterator[None]:
+def exclusive_lock(lock_path: str | Path, what: str, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on `lock_path` for the block, or raise FolderInUseError at once
-    naming `what` and the holder's process id. The lock file is left in place: removing it
-    would let a third process lock a new file while the second still holds the old one."""
+    naming `what` and the holder's process id; with `wait`, block until the holder is done
+    instead. The lock file is left in place: removing it would let a third process lock a
+    new file while the second still holds the old one."""
     lock_path = Path(lock_path)
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a+") as handle:
@@ -53,11 +54,11 @@ def exclusive_lock(lock_path: str | Path, what: str) -> Iterator[None]:
             if os.name == "nt":
                 import msvcrt
 
-                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
             else:
                 import fcntl
 
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"

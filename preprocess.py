@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from files import atomic_path
+from files import atomic_path, exclusive_lock
 from spec import ModelSpec
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -455,7 +455,8 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, spec: ModelSpec
     and the spec's size and options, so a changed folder is preprocessed again while an
     unchanged one costs nothing. uint8 is lossless here (CLAHE output is 8-bit) and 4x
     smaller than float32: 123k images take 1.2 GB on disk and only the pages in use occupy
-    memory.
+    memory. Processes that want the same cache at once (the workers of a distributed run on
+    one machine, two runs on one data set) take turns: the first builds it, the others load it.
     """
     key = hashlib.sha1(f"v{PREPROCESS_VERSION} crop={spec.auto_crop} color={spec.color_distance}"
                        f" size={spec.image_shape}".encode())
@@ -466,8 +467,15 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, spec: ModelSpec
     cache_dir.mkdir(parents=True, exist_ok=True)
     images_path = cache_dir / f"{key.hexdigest()[:16]}.images.npy"
     ok_path = cache_dir / f"{key.hexdigest()[:16]}.ok.npy"
-    if images_path.exists() and ok_path.exists():
-        return np.load(images_path, mmap_mode="r"), np.load(ok_path)
+    with exclusive_lock(cache_dir / f"{key.hexdigest()[:16]}.lock", "cache", wait=True):
+        if not (images_path.exists() and ok_path.exists()):
+            build_cache(paths, spec, images_path, ok_path, workers)
+    return np.load(images_path, mmap_mode="r"), np.load(ok_path)
+
+
+def build_cache(paths: list[Path], spec: ModelSpec, images_path: Path, ok_path: Path,
+                workers: int | None) -> None:
+    """Preprocess `paths` into the two files of a cache (preprocessed_cache), atomically."""
     ok = np.zeros(len(paths), dtype=bool)
     with atomic_path(images_path) as partial:
         images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
@@ -484,7 +492,6 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, spec: ModelSpec
         del images
     with atomic_path(ok_path) as partial:
         np.save(partial, ok)
-    return np.load(images_path, mmap_mode="r"), ok
 
 
 def split_dataset(n: int, val_fraction: float = 0.1, test_fraction: float = 0.1,

@@ -4,6 +4,7 @@
     python train.py --data-dir my_captchas/ --epochs 40
     python train.py --init-from saved_model/crnn_ctc_final.keras --data-dir site/   # fine-tune
     python train.py --fresh-images 40000            # new generated images every epoch
+    python train.py --strategy mirrored --batch-size 256 --lr 4e-3   # every local GPU
 
 Images are named by their label (`aB3xQ.png`, `aB3xQ_2.png`). Preprocessed images are cached
 on disk as uint8 and streamed in batches by tf.data, so memory stays bounded as data grows.
@@ -31,6 +32,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from decode import fit_calibration  # noqa: E402
+from distribute import STRATEGIES, Role, Trainer, distribute_dataset, make_strategy, prepare_model, role_of  # noqa: E402
 from files import FolderInUseError, atomic_path, exclusive_lock, write_text_atomic  # noqa: E402
 from generate import STYLES, generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
@@ -48,7 +50,8 @@ MIN_STEPS_PER_EPOCH = 50  # tiny sets repeat within an epoch, so patience counts
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run depends on, from the command line; saved beside the run's metrics.
-    Runs whose configs differ only in `epochs` share one resume state (`fingerprint`)."""
+    Runs whose configs differ only in `epochs` or in how they are distributed share one
+    resume state (`fingerprint`): a run stopped on one machine can go on on another."""
 
     data_dir: str | None = None
     synthetic_count: int = DEFAULT_SYNTHETIC_COUNT
@@ -75,13 +78,15 @@ class TrainConfig:
     fresh_oversample: str = ""
     fresh_seed: int = 1000
     dropout: float | None = None
+    strategy: str = "auto"
+    cpu_devices: int | None = None
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
         return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
 
     def fingerprint(self) -> str:
-        keys = {k: v for k, v in asdict(self).items() if k != "epochs"}
+        keys = {k: v for k, v in asdict(self).items() if k not in ("epochs", "strategy", "cpu_devices")}
         return hashlib.sha1(json.dumps(keys, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -94,10 +99,13 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--epochs", type=int, default=30, help="maximum passes over the training split; "
                    "0 with --init-from: no training, only refit the confidence calibration on the "
                    "validation split of --data-dir and score the test split")
-    p.add_argument("--batch-size", "--batch_size", type=int, help="images per training step (default "
-                   f"64; 16 when fewer than {SMALL_DATA} images train, for enough steps per epoch)")
+    p.add_argument("--batch-size", "--batch_size", type=int, help="images per training step, the "
+                   "global batch split evenly over the replicas (default 64; 16 when fewer than "
+                   f"{SMALL_DATA} images train, for enough steps per epoch)")
     p.add_argument("--limit", type=int, help="use only the first N labelled images (quick runs)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3, 3e-4 with --init-from)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-3, 3e-4 with --init-from); "
+                   "for a global batch k times the default, scale it by k (the linear rule; the warm-up "
+                   "keeps the start stable), up to about 4e-3")
     p.add_argument("--out", default="saved_model", help="folder for checkpoints and metrics")
     p.add_argument("--name", default="crnn_ctc", help="model file prefix: <name>_best.keras, "
                    "<name>_final.keras")
@@ -139,7 +147,15 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--dropout", type=float, help="rate of the model's dropout layers (default: 0.2 "
                    "for a new model, the loaded model's own with --init-from); 0 suits --fresh-images, "
                    "where no image repeats")
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to distribute "
+                   "training (distribute.py): default, one device; mirrored, every local GPU or the "
+                   "--cpu-devices; multiworker, the cluster in TF_CONFIG, the chief writing every file; "
+                   "auto (default): multiworker with TF_CONFIG, mirrored with several GPUs, else default")
+    p.add_argument("--cpu-devices", type=int, metavar="N", help="split the CPU into N logical devices, "
+                   "for --strategy mirrored on a machine without GPUs")
     args = p.parse_args(argv)
+    if args.cpu_devices is not None and args.cpu_devices < 1:
+        p.error("--cpu-devices must be positive")
     if args.epochs < 0 or (args.batch_size or 1) < 1 or (args.limit is not None and args.limit < 3):
         p.error("--epochs must not be negative, --batch-size must be positive, --limit at least 3")
     if args.epochs == 0 and not args.init_from:
@@ -234,17 +250,27 @@ class BatchSource:
         self.arrays = (images, labels)
 
 
-def make_dataset(source: BatchSource, indices: np.ndarray, batch_size: int,
-                 training: bool, augment_images: bool, seed: int) -> tf.data.Dataset:
+def make_dataset(source: BatchSource, indices: np.ndarray, batch_size: int, training: bool,
+                 augment_images: bool, seed: int, parts: int = 1,
+                 owned: range = range(1)) -> tf.data.Dataset:
     """Batches of (image float32 (B, H, W, 1), padded labels) streamed from the cache.
 
     Only the indices are shuffled in memory; each batch is gathered from the memory-mapped
-    uint8 cache on demand, so memory does not grow with the data set.
+    uint8 cache on demand, so memory does not grow with the data set. Training draws an
+    endless stream of global batches of `batch_size`, reshuffled every pass, each cut into
+    `parts` equal slices (one per replica) of which this input pipeline yields the `owned`
+    ones: every strategy trains on the same global batches, and a worker gathers only the
+    images of its own replicas.
     """
     ds = tf.data.Dataset.from_tensor_slices(indices)
     if training:
-        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
+        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True).repeat()
+        ds = ds.batch(batch_size, drop_remainder=True)
+        if parts > 1:
+            ds = ds.flat_map(lambda idx: tf.data.Dataset.from_tensor_slices(
+                tf.reshape(idx, [parts, -1])[owned.start:owned.stop]))
+    else:
+        ds = ds.batch(batch_size)
     height, width = source.arrays[0].shape[1:]
     label_width = source.arrays[1].shape[1]
 
@@ -260,10 +286,9 @@ def make_dataset(source: BatchSource, indices: np.ndarray, batch_size: int,
         return x, y
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if training:
-        ds = ds.repeat()
     if training and augment_images:
-        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), seed]))
+        pipeline_seed = seed + 7919 * owned.start  # other pipelines, other random draws
+        counter = tf.data.Dataset.counter().map(lambda i: tf.stack([tf.cast(i, tf.int32), pipeline_seed]))
         ds = tf.data.Dataset.zip((ds, counter)).map(
             lambda xy, s: (augment(xy[0], s), xy[1]), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -428,52 +453,61 @@ def build_or_resume(config: TrainConfig, spec: ModelSpec, init: tuple[keras.Mode
     if config.dropout is not None:
         model = with_dropout(model, config.dropout)
     model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
+    model.optimizer.build(model.trainable_variables)  # here, not inside a distributed step
     return model, 0, np.inf
 
 
 def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epoch: int,
-        best: float, lr: float, state_dir: Path, best_path: Path) -> int:
-    """Train until --epochs or early stopping; returns the number of epochs done in all."""
+        best: float, lr: float, state_dir: Path, best_path: Path,
+        strategy: tf.distribute.Strategy, role: Role) -> int:
+    """Train until --epochs or early stopping; returns the number of epochs done in all.
+    Every worker trains; the chief alone reads the validation split aloud and writes files."""
     source = BatchSource(data.images, data.encoded)
     train_source, train_i, fresh = source, data.train, None
     if config.fresh_images:
         train_source = BatchSource(data.images, data.encoded)  # replaced by fresh.load before training
+        folder = Path(config.out) / ".fresh" / f"{config.fingerprint()}-{role.name}"
         fresh = FreshImages(train_source, data.spec, config.fresh_images, config.fresh_style,
-                            config.fresh_seed, Path(config.out) / ".fresh" / config.fingerprint(),
-                            config.fresh_oversample)
+                            config.fresh_seed, folder, config.fresh_oversample)
         train_i = np.arange(config.fresh_images)
     small = len(train_i) < SMALL_DATA
     batch_size = config.batch_size or (16 if small else 64)
     patience = config.patience or (12 if small else 6)
-    print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(data.val)} "
-          f"validation, {len(data.test)} test; batch size {batch_size}, patience {patience}")
+    replicas = strategy.num_replicas_in_sync
+    if role.chief:
+        print(f"split: {len(train_i)} train{' (new every epoch)' if fresh else ''}, {len(data.val)} "
+              f"validation, {len(data.test)} test; batch size {batch_size}, patience {patience}"
+              + (f"; {replicas} replicas on {role.count} worker(s)" if replicas > 1 else ""))
     if initial_epoch >= config.epochs:
         return initial_epoch
     if fresh:
         fresh.load(initial_epoch)  # before the pipeline starts drawing batches
-    train_ds = make_dataset(train_source, train_i, batch_size, True, not config.no_augment, config.seed)
-    val_ds = make_dataset(source, data.val, batch_size, False, False, config.seed)
+    train_ds = distribute_dataset(strategy, batch_size, lambda owned, parts: make_dataset(
+        train_source, train_i, batch_size, True, not config.no_augment, config.seed, parts, owned))
+    val_ds = make_dataset(source, data.val[role.index::role.count], batch_size, False, False, config.seed)
     steps_per_epoch = max(MIN_STEPS_PER_EPOCH, int(np.ceil(len(train_i) / batch_size)))
-    logs = log_dir(config)
     callbacks = [
-        ValidationReadings(data),  # first: the callbacks after it see its figures
         keras.callbacks.ReduceLROnPlateau(factor=0.3, patience=max(1, patience // 2),
-                                          min_lr=lr / 100, verbose=1),
+                                          min_lr=lr / 100, verbose=int(role.chief)),
         keras.callbacks.EarlyStopping(patience=patience),
-        keras.callbacks.CSVLogger(str(logs / "epochs.csv"), append=True),  # a resumed run goes on
-        keras.callbacks.TensorBoard(str(logs), write_graph=False),
-        Checkpoints(data.spec, best_path, state_dir, best),
     ]
+    if role.chief:
+        logs = log_dir(config)
+        callbacks = [
+            ValidationReadings(data),  # first: the callbacks after it see its figures
+            *callbacks,
+            keras.callbacks.CSVLogger(str(logs / "epochs.csv"), append=True),  # a resumed run goes on
+            keras.callbacks.TensorBoard(str(logs), write_graph=False),
+            Checkpoints(data.spec, best_path, state_dir, best),
+        ]
     if fresh:
         callbacks.append(fresh)
     if initial_epoch == 0:
         callbacks.insert(0, Warmup(lr, min(steps_per_epoch, 500)))
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                        initial_epoch=initial_epoch, steps_per_epoch=steps_per_epoch,
-                        callbacks=callbacks,
-                        shuffle=False,  # the dataset shuffles itself
-                        verbose=1 if sys.stdout.isatty() else 2)  # a log file gets one line per epoch
-    return initial_epoch + len(history.epoch)
+    trainer = Trainer(strategy, model, batch_size, role)
+    verbose = (1 if sys.stdout.isatty() else 2) if role.chief else 0  # a log file gets one line per epoch
+    epochs = trainer.fit(train_ds, val_ds, config.epochs, initial_epoch, steps_per_epoch, callbacks, verbose)
+    return initial_epoch + len(epochs)
 
 
 def log_dir(config: TrainConfig) -> Path:
@@ -549,26 +583,34 @@ def evaluate(model: keras.Model, spec: ModelSpec, data: TrainingData) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
+    strategy = make_strategy(config.strategy, config.cpu_devices)  # before TensorFlow runs anything
+    role = role_of(strategy)
     out_dir = Path(config.out)
-    with exclusive_lock(out_dir / ".resume" / "lock", f"output folder {out_dir}"):
-        return run(config, argv)
+    lock = out_dir / ".resume" / ("lock" if role.chief else f"{role.name}.lock")
+    with exclusive_lock(lock, f"output folder {out_dir}"):
+        return run(config, argv, strategy, role)
 
 
-def run(config: TrainConfig, argv: list[str] | None) -> int:
-    """One training run, its output folder held by this process (main)."""
+def run(config: TrainConfig, argv: list[str] | None, strategy: tf.distribute.Strategy, role: Role) -> int:
+    """One training run, its output folder held by this process (main). A worker other than
+    the chief trains, then leaves calibration, scoring and every file to the chief."""
     keras.utils.set_random_seed(config.seed)
     out_dir = Path(config.out)
-    init = load_reader(config.init_from) if config.init_from else None
-    data = load_data(config, init[1] if init else None)
-    lr = config.lr or (3e-4 if init else 1e-3)
-    state_dir = out_dir / ".resume" / config.fingerprint()
-    best_path = out_dir / f"{config.name}_best.keras"
-    final_path = out_dir / f"{config.name}_final.keras"
-
-    model, initial_epoch, best = build_or_resume(config, data.spec, init, state_dir, lr)
+    with strategy.scope():  # the model's and optimizer's variables live on every replica
+        init = load_reader(config.init_from) if config.init_from else None
+        data = load_data(config, init[1] if init else None)
+        lr = config.lr or (3e-4 if init else 1e-3)
+        state_dir = out_dir / ".resume" / config.fingerprint()
+        best_path = out_dir / f"{config.name}_best.keras"
+        final_path = out_dir / f"{config.name}_final.keras"
+        model, initial_epoch, best = build_or_resume(config, data.spec, init, state_dir, lr)
+        model = prepare_model(model, strategy)
     start = time.time()
-    epochs_run = fit(config, data, model, initial_epoch, best, lr, state_dir, best_path)
+    epochs_run = fit(config, data, model, initial_epoch, best, lr, state_dir, best_path, strategy, role)
     minutes = (time.time() - start) / 60
+    if not role.chief:
+        print(f"{role.name}: trained {epochs_run} epochs; the chief writes the model")
+        return 0
     if best_path.exists():
         model, _ = load_reader(best_path)
     spec = calibrate(model, data)

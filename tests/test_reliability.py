@@ -336,6 +336,31 @@ def test_cache_building_killed_midway_completes_on_rerun(tmp_path, captcha_dir):
     assert ok.all() and fresh_ok.all() and np.array_equal(images, fresh)
 
 
+def test_two_processes_building_one_cache_take_turns(tmp_path, captcha_dir):
+    """Two processes that want the same cache at once (the workers of a distributed run on one
+    machine) both get it whole: the second waits for the first instead of writing over it."""
+    from preprocess import list_images, preprocessed_cache
+    from spec import ModelSpec
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i, path in enumerate(list_images(captcha_dir) * 20):
+        (many / f"{path.stem}_{i}.png").write_bytes(path.read_bytes())
+    builder = ("import sys; sys.path.insert(0, sys.argv[1]); import numpy as np\n"
+               "from preprocess import list_images, preprocessed_cache; from spec import ModelSpec\n"
+               "images, ok = preprocessed_cache(list_images(sys.argv[2]), sys.argv[3], ModelSpec())\n"
+               "assert ok.all(); print(int(np.asarray(images, np.int64).sum()))\n")
+    cache = tmp_path / "cache"
+    processes = [subprocess.Popen([sys.executable, "-c", builder, str(ROOT), str(many), str(cache)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=240)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    fresh, _ = preprocessed_cache(list_images(many), tmp_path / "fresh", ModelSpec())
+    assert [int(o.split()[-1]) for o in outputs] == [int(np.asarray(fresh, np.int64).sum())] * 2
+    assert len(list(cache.glob("*.images.npy"))) == 1
+
+
 @pytest.mark.slow
 def test_training_killed_resumes_losing_at_most_the_current_epoch(tmp_path, captcha_dir):
     """kill -9 after an epoch: the same command (a different --epochs is the same run)
