@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import struct
+import threading
 import warnings
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -438,25 +439,60 @@ def readable_labelled_images(folder: str | Path, spec: ModelSpec) -> Dataset:
     return scan
 
 
-def _preprocess_to_uint8(args: tuple[str, ModelSpec]) -> np.ndarray | None:
-    path, spec = args
-    try:
-        return np.round(prepare(path, spec)[..., 0] * 255).astype(np.uint8)
-    except ImageReadError:
-        return None
+class CachedImages:
+    """The images of a cache file, (N, H, W) uint8, read row by row from disk.
+
+    Not memory-mapped: the pages a map touches count toward the process's resident memory,
+    so an epoch of random batches over a mapped 10 GB cache (1M images) would come to hold
+    10 GB; read so, memory holds only the batches in flight, whatever the data size, while
+    the kernel's page cache still serves repeated reads. Indexing with an int, a slice or
+    an index array returns a new array, like NumPy's; `np.asarray` reads everything.
+    """
+
+    def __init__(self, path: str | Path):
+        header = np.load(path, mmap_mode="r")  # the shape and the data's offset; nothing is read
+        self.path, self.shape, self.dtype, self.offset = Path(path), header.shape, header.dtype, header.offset
+        del header
+        self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
+        self._file = open(path, "rb")  # held for the object's life
+        self._lock = threading.Lock()  # one file position shared by tf.data's threads
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index) -> np.ndarray:
+        if isinstance(index, (int, np.integer)):
+            return self[[index]][0]
+        rows = range(*index.indices(len(self))) if isinstance(index, slice) else np.asarray(index).ravel()
+        out = np.empty((len(rows), *self.shape[1:]), self.dtype)
+        with self._lock:
+            for target, row in zip(out, rows):
+                if not 0 <= row < len(self):
+                    raise IndexError(f"row {row} out of range for {len(self)} cached images")
+                self._file.seek(self.offset + int(row) * self.row_bytes)
+                self._file.readinto(memoryview(target).cast("B"))
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        rows = self[:]
+        return rows if dtype is None else rows.astype(dtype)
+
+    def __del__(self):
+        self._file.close()
 
 
 def preprocessed_cache(paths: list[Path], cache_dir: str | Path, spec: ModelSpec,
-                       workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Preprocess every image once, in parallel, into a uint8 array memory-mapped from disk.
+                       workers: int | None = None) -> tuple[CachedImages, np.ndarray]:
+    """Preprocess every image once, in parallel, into a uint8 array on disk.
 
-    Returns (images memmap of shape (N, height, width), ok mask). Unreadable files get
-    ok=False. The cache is keyed by the files (name, size, mtime), the preprocessing version
-    and the spec's size and options, so a changed folder is preprocessed again while an
-    unchanged one costs nothing. uint8 is lossless here (CLAHE output is 8-bit) and 4x
-    smaller than float32: 123k images take 1.2 GB on disk and only the pages in use occupy
-    memory. Processes that want the same cache at once (the workers of a distributed run on
-    one machine, two runs on one data set) take turns: the first builds it, the others load it.
+    Returns (images (N, height, width), ok mask). Unreadable files get ok=False. The cache
+    is keyed by the files (name, size, mtime), the preprocessing version and the spec's size
+    and options, so a changed folder is preprocessed again while an unchanged one costs
+    nothing. uint8 is lossless here (CLAHE output is 8-bit) and 4x smaller than float32:
+    123k images take 1.2 GB on disk, 1M 10 GB, and neither building nor reading holds more
+    than a few batches in memory (CachedImages). Processes that want the same cache at once
+    (the workers of a distributed run on one machine, two runs on one data set) take turns:
+    the first builds it, the others load it.
     """
     key = hashlib.sha1(f"v{PREPROCESS_VERSION} crop={spec.auto_crop} color={spec.color_distance}"
                        f" size={spec.image_shape}".encode())
@@ -470,7 +506,29 @@ def preprocessed_cache(paths: list[Path], cache_dir: str | Path, spec: ModelSpec
     with exclusive_lock(cache_dir / f"{key.hexdigest()[:16]}.lock", "cache", wait=True):
         if not (images_path.exists() and ok_path.exists()):
             build_cache(paths, spec, images_path, ok_path, workers)
-    return np.load(images_path, mmap_mode="r"), np.load(ok_path)
+    return CachedImages(images_path), np.load(ok_path)
+
+
+CACHE_CHUNK = 256  # images per task of the cache's worker processes
+
+
+def _preprocess_rows(job: tuple[str, int, int, list[str], ModelSpec]) -> list[bool]:
+    """Preprocess a chunk of images straight into their rows of the cache file; which were
+    readable. Workers write disjoint rows, so nothing passes through the parent."""
+    cache_file, offset, first, paths, spec = job
+    row_bytes = spec.image_shape[0] * spec.image_shape[1]
+    ok = []
+    with open(cache_file, "r+b") as f:
+        for i, path in enumerate(paths):
+            try:
+                row = np.round(prepare(path, spec)[..., 0] * 255).astype(np.uint8)
+            except ImageReadError:
+                ok.append(False)
+                continue
+            f.seek(offset + (first + i) * row_bytes)
+            f.write(row.tobytes())
+            ok.append(True)
+    return ok
 
 
 def build_cache(paths: list[Path], spec: ModelSpec, images_path: Path, ok_path: Path,
@@ -478,18 +536,18 @@ def build_cache(paths: list[Path], spec: ModelSpec, images_path: Path, ok_path: 
     """Preprocess `paths` into the two files of a cache (preprocessed_cache), atomically."""
     ok = np.zeros(len(paths), dtype=bool)
     with atomic_path(images_path) as partial:
-        images = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
-                                           shape=(len(paths), *spec.image_shape))
-        jobs = [(str(p), spec) for p in paths]
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            results = pool.map(_preprocess_to_uint8, jobs, chunksize=256)
-            for i, arr in enumerate(tqdm(results, total=len(jobs), desc="preprocess", unit="img",
-                                         disable=None)):
-                if arr is not None:
-                    images[i] = arr
-                    ok[i] = True
-        images.flush()
-        del images
+        header = np.lib.format.open_memmap(partial, mode="w+", dtype=np.uint8,
+                                           shape=(len(paths), *spec.image_shape))  # a sparse file
+        offset = header.offset
+        del header
+        starts = range(0, len(paths), CACHE_CHUNK)
+        jobs = ((str(partial), offset, start, [str(p) for p in paths[start:start + CACHE_CHUNK]], spec)
+                for start in starts)
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool, \
+                tqdm(total=len(paths), desc="preprocess", unit="img", disable=None) as progress:
+            for start, rows_ok in zip(starts, pool.map(_preprocess_rows, jobs)):
+                ok[start:start + len(rows_ok)] = rows_ok
+                progress.update(len(rows_ok))
     with atomic_path(ok_path) as partial:
         np.save(partial, ok)
 

@@ -36,8 +36,8 @@ from distribute import STRATEGIES, Role, Trainer, distribute_dataset, make_strat
 from files import FolderInUseError, atomic_path, exclusive_lock, write_text_atomic  # noqa: E402
 from generate import STYLES, generate_captchas  # noqa: E402
 from metrics import score  # noqa: E402
-from preprocess import (label_fit_warning, label_from_path, preprocessed_cache,  # noqa: E402
-                        scan_labelled_folder, split_dataset)
+from preprocess import (CachedImages, label_fit_warning, label_from_path,  # noqa: E402
+                        preprocessed_cache, scan_labelled_folder, split_dataset)
 from reader import Reader  # noqa: E402
 from spec import ModelLoadError, ModelSpec, infer_spec  # noqa: E402
 
@@ -236,7 +236,7 @@ def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
 
 
 class BatchSource:
-    """Preprocessed uint8 images (N, H, W), usually memory-mapped, and their encoded labels.
+    """Preprocessed uint8 images (N, H, W), usually a CachedImages on disk, and their encoded labels.
 
     Batches are gathered from whatever the source holds when they are drawn, so fresh-image
     epochs swap in new images without rebuilding the input pipeline. Images and labels are
@@ -255,8 +255,8 @@ def make_dataset(source: BatchSource, indices: np.ndarray, batch_size: int, trai
                  owned: range = range(1)) -> tf.data.Dataset:
     """Batches of (image float32 (B, H, W, 1), padded labels) streamed from the cache.
 
-    Only the indices are shuffled in memory; each batch is gathered from the memory-mapped
-    uint8 cache on demand, so memory does not grow with the data set. Training draws an
+    Only the indices are shuffled in memory; each batch is read from the uint8 cache on disk
+    on demand, so memory does not grow with the data set. Training draws an
     endless stream of global batches of `batch_size`, reshuffled every pass, each cut into
     `parts` equal slices (one per replica) of which this input pipeline yields the `owned`
     ones: every strategy trains on the same global batches, and a worker gathers only the
@@ -393,7 +393,7 @@ class TrainingData:
     data_dir: Path
     spec: ModelSpec
     labels: list[str]
-    images: np.ndarray  # (N, H, W) uint8, memory-mapped
+    images: CachedImages  # (N, H, W) uint8, read from disk batch by batch
     encoded: np.ndarray  # (N, max_length) class indices
     train: np.ndarray
     val: np.ndarray

@@ -79,16 +79,26 @@ def wait_all(processes: list[subprocess.Popen], limit_s: float = RUN_LIMIT_S) ->
                 p.wait()
 
 
-@pytest.mark.slow
-def test_mirrored_on_two_cpu_devices_trains_as_one_device(captcha_dir, tmp_path, one_device_losses):
+@pytest.fixture(scope="module")
+def mirrored_run(captcha_dir, tmp_path_factory) -> tuple[subprocess.Popen, Path]:
+    """The mirrored run, started before the single-device one so that the two overlap (each
+    spends much of its time tracing, on one core)."""
+    out = tmp_path_factory.mktemp("mirrored")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("TF_CONFIG", None)
-    process = start(run_args(captcha_dir, tmp_path, 1) + ["--strategy", "mirrored", "--cpu-devices", "2"],
-                    tmp_path / "run.log", env)
-    assert wait_all([process]) == [0], (tmp_path / "run.log").read_text()[-3000:]
-    assert "2 replicas on 1 worker(s)" in (tmp_path / "run.log").read_text()
-    assert_close(epoch_losses(tmp_path), one_device_losses)
-    assert (tmp_path / "crnn_ctc_final.keras").exists()
+    args = run_args(captcha_dir, out, 1) + ["--strategy", "mirrored", "--cpu-devices", "2"]
+    process = start(args, out / "run.log", env)
+    yield process, out
+    wait_all([process], limit_s=0)
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpu_devices_trains_as_one_device(mirrored_run, one_device_losses):
+    process, out = mirrored_run
+    assert wait_all([process]) == [0], (out / "run.log").read_text()[-3000:]
+    assert "2 replicas on 1 worker(s)" in (out / "run.log").read_text()
+    assert_close(epoch_losses(out), one_device_losses)
+    assert (out / "crnn_ctc_final.keras").exists()
 
 
 @pytest.mark.slow
