@@ -347,6 +347,9 @@ def _write_one(path: str, style: str, seed: int, fonts: tuple[str, ...] | None) 
             ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT, fonts=chosen).write(label, tmp)
 
 
+GENERATION_WINDOW = 16384  # images submitted to the worker processes at a time
+
+
 def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
                       length: int = DEFAULT_LABEL_LENGTH, charset: str = DEFAULT_CHARSET,
                       workers: int | None = None, progress: bool = True,
@@ -373,11 +376,15 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
         paths.append(out_dir / (f"{label}.png" if n == 1 else f"{label}_{n}.png"))
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-            jobs = pool.map(partial(_write_one, style=style, seed=seed, fonts=fonts), missing, chunksize=64)
-            for _ in tqdm(jobs, total=len(missing), desc=f"generate {out_dir}", unit="img",
-                          disable=None if progress else True):  # None: off in a pipe
-                pass
+        write = partial(_write_one, style=style, seed=seed, fonts=fonts)
+        with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool, \
+                tqdm(total=len(missing), desc=f"generate {out_dir}", unit="img",
+                     disable=None if progress else True) as bar:  # None: off in a pipe
+            # A window at a time: Executor.map submits all it is given at once, and a million
+            # pending tasks would hold a million futures in memory.
+            for start in range(0, len(missing), GENERATION_WINDOW):
+                for _ in pool.map(write, missing[start:start + GENERATION_WINDOW], chunksize=64):
+                    bar.update()
     return paths
 
 

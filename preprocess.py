@@ -540,14 +540,16 @@ def build_cache(paths: list[Path], spec: ModelSpec, images_path: Path, ok_path: 
                                            shape=(len(paths), *spec.image_shape))  # a sparse file
         offset = header.offset
         del header
-        starts = range(0, len(paths), CACHE_CHUNK)
-        jobs = ((str(partial), offset, start, [str(p) for p in paths[start:start + CACHE_CHUNK]], spec)
-                for start in starts)
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool, \
                 tqdm(total=len(paths), desc="preprocess", unit="img", disable=None) as progress:
-            for start, rows_ok in zip(starts, pool.map(_preprocess_rows, jobs)):
-                ok[start:start + len(rows_ok)] = rows_ok
-                progress.update(len(rows_ok))
+            # A window of chunks at a time: Executor.map submits all it is given at once.
+            for window in range(0, len(paths), CACHE_CHUNK * 64):
+                starts = range(window, min(len(paths), window + CACHE_CHUNK * 64), CACHE_CHUNK)
+                jobs = [(str(partial), offset, start, [str(p) for p in paths[start:start + CACHE_CHUNK]],
+                         spec) for start in starts]
+                for start, rows_ok in zip(starts, pool.map(_preprocess_rows, jobs)):
+                    ok[start:start + len(rows_ok)] = rows_ok
+                    progress.update(len(rows_ok))
     with atomic_path(ok_path) as partial:
         np.save(partial, ok)
 
