@@ -12,9 +12,10 @@ same work per file), in a process of its own so that its peak memory is its own:
      and, in the same process, by an in-memory array of the same images, in alternating
      rounds of --steps (median images/s): how much reading from disk costs training.
 
+    python generate.py --style mixed --fonts fonts --out data/pre2 --count 100000 \\
+        --min-length 3 --length 8 --seed 2
+    python generate.py --out data/pre2 --count 25000 --seed 102
     python bench/scale.py --data-dir data/pre2 --sizes 10000 123000 1000000 --json docs/scale.json
-
-with data/pre2 the 125,000 pretraining images of saved_model/README.md (base.keras).
 
 Peak memory is VmHWM, reset between phases (Linux: /proc/self/clear_refs).
 """
