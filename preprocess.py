@@ -451,7 +451,7 @@ class CachedImages:
 
     def __init__(self, path: str | Path):
         header = np.load(path, mmap_mode="r")  # the shape and the data's offset; nothing is read
-        self.path, self.shape, self.dtype, self.offset = Path(path), header.shape, header.dtype, header.offset
+        self.shape, self.dtype, self.offset = header.shape, header.dtype, header.offset
         del header
         self.row_bytes = int(np.prod(self.shape[1:])) * self.dtype.itemsize
         self._file = open(path, "rb")  # held for the object's life
