@@ -87,13 +87,15 @@ class ModelSpec:
 
     def encode(self, label: str) -> np.ndarray:
         """Text -> class indices (1-based, 0 is the blank), padded with 0 to max_length."""
-        out = np.zeros(self.max_length, dtype=np.int32)
-        out[: len(label)] = [self.charset.index(c) + 1 for c in label]
-        return out
+        return self.encode_all([label])[0]
 
     def encode_all(self, labels: list[str]) -> np.ndarray:
-        """(N, max_length) training targets, one encoded label per row."""
-        return np.stack([self.encode(label) for label in labels])
+        """(N, max_length) training targets, one encoded label per row, written in place:
+        a million labels cost their 32 MB, not a million small arrays on the way."""
+        out = np.zeros((len(labels), self.max_length), dtype=np.int32)
+        for row, label in zip(out, labels):
+            row[: len(label)] = [self.charset.index(c) + 1 for c in label]
+        return out
 
     def decode(self, indices) -> str:
         """Class indices -> text; blanks, padding (0) and -1 are dropped."""

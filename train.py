@@ -255,22 +255,25 @@ def make_dataset(source: BatchSource, indices: np.ndarray, batch_size: int, trai
                  owned: range = range(1)) -> tf.data.Dataset:
     """Batches of (image float32 (B, H, W, 1), padded labels) streamed from the cache.
 
-    Only the indices are shuffled in memory; each batch is read from the uint8 cache on disk
-    on demand, so memory does not grow with the data set. Training draws an
-    endless stream of global batches of `batch_size`, reshuffled every pass, each cut into
+    Each batch is read from the uint8 cache on disk on demand, and each pass over the data
+    is a seeded permutation of the indices alone (8 MB at 1M images, where tf.data's shuffle
+    buffer holds 230 MB), so memory barely grows with the data set. Training draws an
+    endless stream of global batches of `batch_size`, one permutation per pass, each cut into
     `parts` equal slices (one per replica) of which this input pipeline yields the `owned`
     ones: every strategy trains on the same global batches, and a worker gathers only the
     images of its own replicas.
     """
-    ds = tf.data.Dataset.from_tensor_slices(indices)
     if training:
-        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True).repeat()
+        table = tf.constant(indices, tf.int64)
+        seed_base = tf.constant(seed, tf.int64)
+        ds = tf.data.Dataset.counter().flat_map(lambda lap: tf.data.Dataset.from_tensor_slices(
+            tf.random.experimental.stateless_shuffle(table, seed=tf.stack([seed_base, lap]))))
         ds = ds.batch(batch_size, drop_remainder=True)
         if parts > 1:
             ds = ds.flat_map(lambda idx: tf.data.Dataset.from_tensor_slices(
                 tf.reshape(idx, [parts, -1])[owned.start:owned.stop]))
     else:
-        ds = ds.batch(batch_size)
+        ds = tf.data.Dataset.from_tensor_slices(indices).batch(batch_size)
     height, width = source.arrays[0].shape[1:]
     label_width = source.arrays[1].shape[1]
 
@@ -411,7 +414,7 @@ def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
     warning = label_fit_warning(found.labels[: config.limit], spec)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
-    paths, labels = scan.paths[: config.limit], scan.labels[: config.limit]
+    paths, labels = scan.path_strings(config.limit), scan.labels[: config.limit]
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
     print(f"data: {data_dir}: {scan.summary()}; using {len(paths)}")

@@ -1,15 +1,16 @@
-"""Training data at scale: cache building, the input pipeline and training throughput, and
-their peak memory, at several data sizes side by side in one run.
+"""Training data at scale: loading and caching, the input pipeline and training throughput,
+and their peak memory, at several data sizes side by side in one run.
 
-For each size N (the first N labelled images of --data-dir; above the folder's count, its
-images linked again under other names until there are N: the cache and the pipeline do the
-same work per file), in a process of its own so that its peak memory is its own:
-  1. build the preprocessing cache of those N images (seconds, images/s, peak memory of the
-     process that writes it);
-  2. one full pass of train.py's input pipeline over the cache in batches of --batch-size
-     (images/s, peak memory: flat in N if batches are read from disk, not mapped);
+For each size N, a temporary folder of N hard links to the images of --data-dir (taken in
+turn, so sizes above the folder's count repeat its images under other names: the cache and
+the pipeline do the same work per file), measured in a process of its own so that its peak
+memory is its own:
+  1. train.py's loading of the folder: scan, labels, spec, a preprocessing cache built
+     afresh, split (seconds, images/s, peak memory of the process that writes the cache);
+  2. one full pass of train.py's input pipeline over the training split in batches of
+     --batch-size (images/s, peak memory: flat in N if batches are read from disk);
   3. training steps of the real step (distribute.Trainer, one device), fed by that pipeline
-     and, in the same process, by an in-memory array of the same images, in alternating
+     and, in the same process, by an in-memory array of as many images, in alternating
      rounds of --steps (median images/s): how much reading from disk costs training.
 
     python generate.py --style mixed --fonts fonts --out data/pre2 --count 100000 \\
@@ -26,6 +27,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -49,53 +51,43 @@ def reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")
 
 
-def measure(data_dir: str, size: int, cache_dir: str, batch_size: int, steps: int) -> dict:
-    """The three phases for the first `size` images of `data_dir` (run in a fresh process)."""
-    import keras
+def measure(data_dir: str, size: int, batch_size: int, steps: int) -> dict:
+    """The three phases for the images of `data_dir`, as `train.py --data-dir` reads them
+    (run in a fresh process)."""
     import numpy as np
     import tensorflow as tf
 
     import train
     from distribute import Role, Trainer
-    from model import build_model, ctc_loss
-    from preprocess import preprocessed_cache, scan_labelled_folder
-    from spec import ModelSpec
 
-    spec = ModelSpec(min_length=3, max_length=8)
-    scan = scan_labelled_folder(data_dir, spec)
-    if len(scan.paths) < size:
-        raise ValueError(f"{data_dir}: {len(scan.paths)} usable images, fewer than {size}")
-    paths, labels = scan.paths[:size], spec.encode_all(scan.labels[:size])
+    config = train.parse_args(["--data-dir", data_dir, "--batch-size", str(batch_size)])
     result = {"images": size}
 
     reset_peak()
     start = time.perf_counter()
-    images, ok = preprocessed_cache(paths, cache_dir, spec)
+    data = train.load_data(config, None)  # scan, spec, cache, split
     seconds = time.perf_counter() - start
-    result.update(cache_s=round(seconds, 1), cache_img_s=round(size / seconds),
-                  cache_peak_mb=round(peak_rss_mb()))
+    result.update(load_s=round(seconds, 1), load_img_s=round(size / seconds),
+                  load_peak_mb=round(peak_rss_mb()))
 
-    indices = np.flatnonzero(ok)
-    source = train.BatchSource(images, labels)
+    source = train.BatchSource(data.images, data.encoded)
     reset_peak()
     start = time.perf_counter()
-    batches = iter(train.make_dataset(source, indices, batch_size, True, True, seed=0))
-    for _ in range(len(indices) // batch_size):
+    batches = iter(train.make_dataset(source, data.train, batch_size, True, True, seed=0))
+    for _ in range(len(data.train) // batch_size):
         next(batches)
     seconds = time.perf_counter() - start
-    result.update(pipeline_img_s=round(len(indices) // batch_size * batch_size / seconds),
+    result.update(pipeline_img_s=round(len(data.train) // batch_size * batch_size / seconds),
                   pipeline_peak_mb=round(peak_rss_mb()))
 
-    model = build_model(spec)
-    model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=5.0), loss=ctc_loss)
-    model.optimizer.build(model.trainable_variables)
+    model, _, _ = train.build_or_resume(config, data.spec, None, Path(data_dir) / ".no-state", 1e-3)
     trainer = Trainer(tf.distribute.get_strategy(), model, batch_size, Role(0, 1, "chief"))
-    in_memory = np.asarray(images[indices[:ROUNDS * steps * batch_size]])  # no image repeats
-    memory = train.BatchSource(in_memory, labels[indices[:len(in_memory)]])
-    sources = {"disk": (source, indices), "memory": (memory, np.arange(len(in_memory)))}
+    rows = data.train[:ROUNDS * steps * batch_size]  # as many images as the timed steps: no repeats
+    memory = train.BatchSource(np.asarray(data.images[rows]), data.encoded[rows])
+    sources = {"disk": (source, data.train), "memory": (memory, np.arange(len(rows)))}
     reset_peak()
-    iterators = {name: iter(train.make_dataset(batch_source, rows, batch_size, True, True, seed=0))
-                 for name, (batch_source, rows) in sources.items()}
+    iterators = {name: iter(train.make_dataset(batch_source, indices, batch_size, True, True, seed=0))
+                 for name, (batch_source, indices) in sources.items()}
     trainer.train_step(iterators["disk"]).numpy()  # tracing
     timings = {name: [] for name in sources}
     for _ in range(ROUNDS):  # alternating, so that a busy moment of the machine hits both
@@ -111,18 +103,18 @@ def measure(data_dir: str, size: int, cache_dir: str, batch_size: int, steps: in
     return result
 
 
-def linked_to(data_dir: str, size: int, folder: Path) -> str:
-    """`data_dir` if it holds `size` images, else `folder` filled with `size` hard links to them
-    (the folder's own file system: a link costs no space)."""
-    from preprocess import list_images
+def linked(data_dir: str, size: int, folder: Path) -> str:
+    """`folder` filled with `size` hard links to the images of `data_dir`, taken in turn (the
+    same file system: a link costs no space), so that its cache is built afresh and removed
+    with it, whatever caches `data_dir` has."""
+    from preprocess import image_names
 
-    images = list_images(data_dir)
-    if len(images) >= size:
-        return data_dir
+    names = image_names(data_dir)
     folder.mkdir()
     for n in range(size):
-        source = images[n % len(images)]
-        os.link(source, folder / f"{source.stem}_copy{n // len(images)}{source.suffix}")
+        name = names[n % len(names)]
+        stem, suffix = os.path.splitext(name)
+        os.link(os.path.join(data_dir, name), folder / f"{stem}_copy{n // len(names)}{suffix}")
     return str(folder)
 
 
@@ -139,8 +131,6 @@ def main() -> int:
     p.add_argument("--sizes", type=int, nargs="+", default=[10000, 123000])
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--steps", type=int, default=30, help="training steps timed per source")
-    p.add_argument("--cache-dir", help="where the caches go (default: a temporary folder beside "
-                   "--data-dir, removed at the end)")
     p.add_argument("--json", help="also write the rows to this file")
     args = p.parse_args()
 
@@ -148,19 +138,19 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(dir=Path(args.data_dir).resolve().parent, prefix=".scale-") as tmp:
         for size in args.sizes:
-            cache_dir = str(Path(args.cache_dir or tmp) / str(size))
-            data_dir = linked_to(args.data_dir, size, Path(tmp) / f"linked{size}")
+            data_dir = linked(args.data_dir, size, Path(tmp) / f"linked{size}")
             answers = context.Queue()
-            process = context.Process(target=measure_into, args=(answers, data_dir, size, cache_dir,
-                                                                 args.batch_size, args.steps))
+            process = context.Process(target=measure_into, args=(answers, data_dir, size, args.batch_size,
+                                                                 args.steps))
             process.start()  # not a Pool: its daemonic workers could not start the cache's workers
             row = answers.get()
             process.join()
             if isinstance(row, str):
                 raise SystemExit(f"error at {size} images: {row}")
+            shutil.rmtree(data_dir)  # its cache too: 10 GB at 1M images
             rows.append(row)
             print(json.dumps(rows[-1]), flush=True)
-    columns = ["images", "cache_s", "cache_img_s", "cache_peak_mb", "pipeline_img_s", "pipeline_peak_mb",
+    columns = ["images", "load_s", "load_img_s", "load_peak_mb", "pipeline_img_s", "pipeline_peak_mb",
                "train_img_s_disk", "train_img_s_memory", "train_peak_mb"]
     print("| " + " | ".join(columns) + " |")
     print("|" + "---:|" * len(columns))
