@@ -364,7 +364,7 @@ class ValidationReadings(keras.callbacks.Callback):
         if logs is None or not len(self.indices):
             return
         texts, _ = read_cached(self.model, self.data.spec, self.data, self.indices)
-        result = score(texts, [self.data.labels[i] for i in self.indices])
+        result = score(texts, self.data.labels(self.indices))
         logs["val_exact_match"], logs["val_cer"] = result["exact_match"], result["cer"]
         logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
 
@@ -395,12 +395,16 @@ class TrainingData:
 
     data_dir: Path
     spec: ModelSpec
-    labels: list[str]
     images: CachedImages  # (N, H, W) uint8, read from disk batch by batch
-    encoded: np.ndarray  # (N, max_length) class indices
+    encoded: np.ndarray  # (N, max_length) class indices, the only copy of the labels kept
     train: np.ndarray
     val: np.ndarray
     test: np.ndarray
+
+    def labels(self, indices: np.ndarray) -> list[str]:
+        """The labels at `indices` as text, decoded: at 1M images a list of every label would
+        hold 65 MB for the few thousand that validation and the test split score."""
+        return [self.spec.decode(self.encoded[i]) for i in indices]
 
 
 def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
@@ -436,7 +440,7 @@ def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
         (0.2 if len(usable) < SMALL_DATA else 0.1)
     train, val, test = (usable[i] for i in split_dataset(
         len(usable), val_fraction, config.test_fraction, config.seed))
-    return TrainingData(data_dir, spec, labels, images, spec.encode_all(labels), train, val, test)
+    return TrainingData(data_dir, spec, images, spec.encode_all(labels), train, val, test)
 
 
 def build_or_resume(config: TrainConfig, spec: ModelSpec, init: tuple[keras.Model, ModelSpec] | None,
@@ -574,14 +578,14 @@ def read_cached(model: keras.Model, spec: ModelSpec, data: TrainingData,
 def calibrate(model: keras.Model, data: TrainingData) -> ModelSpec:
     """The spec with a confidence calibration fitted on the validation split's readings."""
     texts, confidences = read_cached(model, data.spec, data, data.val)
-    right = [text == data.labels[i] for text, i in zip(texts, data.val)]
+    right = [text == label for text, label in zip(texts, data.labels(data.val))]
     return replace(data.spec, calibration=fit_calibration(confidences, right))
 
 
 def evaluate(model: keras.Model, spec: ModelSpec, data: TrainingData) -> dict:
     """Exact match, case-insensitive exact match and CER on the held-out test split."""
     texts, _ = read_cached(model, spec, data, data.test)
-    return score(texts, [data.labels[i] for i in data.test])
+    return score(texts, data.labels(data.test))
 
 
 def main(argv: list[str] | None = None) -> int:
