@@ -293,3 +293,21 @@ def test_fresh_images_are_new_every_epoch(captcha_dir, tmp_path, monkeypatch):
     assert metrics["train_images"] == 40 and metrics["epochs_run"] == 2
     model, _ = load_reader(tmp_path / "crnn_ctc_final.keras")
     assert {layer.rate for layer in model.layers if isinstance(layer, keras.layers.Dropout)} == {0.0}
+
+
+def test_training_batches_cover_every_image_once_per_pass_in_a_new_order():
+    """train.make_dataset: the endless training stream is one permutation of the indices
+    after another (no shuffle buffer), seeded: the same seed gives the same stream."""
+    images = np.arange(10, dtype=np.uint8)[:, None, None] * np.ones((10, 2, 3), np.uint8)
+    source = train.BatchSource(images, np.arange(10, dtype=np.int32)[:, None])
+    indices = np.array([1, 3, 4, 6, 8, 9])
+
+    def stream(seed: int) -> list[int]:
+        batches = train.make_dataset(source, indices, 3, True, False, seed=seed).take(6)
+        return [int(label) for _, labels in batches for label in labels.numpy()[:, 0]]
+
+    order = stream(seed=5)
+    passes = [order[:6], order[6:12], order[12:]]
+    assert all(sorted(p) == indices.tolist() for p in passes)
+    assert len({tuple(p) for p in passes}) > 1
+    assert stream(seed=5) == order and stream(seed=6) != order
