@@ -1,6 +1,6 @@
 """Make synthetic CAPTCHAs written as `<label>.png`.
 
-Four styles:
+Five styles:
 - `default`, the embedded default dataset: the `captcha` package's
   ImageCaptcha(width=200, height=70) with its bundled font. The package draws its noise
   from `secrets`, so the pixels differ from run to run: every generated set is unseen.
