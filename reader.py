@@ -240,17 +240,17 @@ def onnx_predictor(path: Path) -> tuple[Predictor, ModelSpec]:
     import onnxruntime
 
     try:
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        inference = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # onnxruntime raises its own types for files that are not models
         raise ModelLoadError(f"not a loadable ONNX model: {path} ({type(err).__name__})") from None
     beside = spec_path_for(path)
-    embedded = session.get_modelmeta().custom_metadata_map.get("spec")
+    embedded = inference.get_modelmeta().custom_metadata_map.get("spec")
     if beside.is_file() or embedded is None:
         spec = ModelSpec.load(beside)
     else:
         spec = ModelSpec.from_json(embedded, f"in {path}")
-    name = session.get_inputs()[0].name
-    return (lambda images: session.run(None, {name: images})[0]), spec
+    name = inference.get_inputs()[0].name
+    return (lambda images: inference.run(None, {name: images})[0]), spec
 
 
 def tflite_predictor(path: Path) -> tuple[Predictor, ModelSpec]:

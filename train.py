@@ -45,6 +45,7 @@ DEFAULT_SYNTHETIC_DIR = Path("data/synthetic")
 DEFAULT_SYNTHETIC_COUNT = 40000
 SMALL_DATA = 2000  # fewer images than this: smaller batches, a larger validation split, more patience
 MIN_STEPS_PER_EPOCH = 50  # tiny sets repeat within an epoch, so patience counts real progress
+PROGRESS_LINE_EVERY_S = 300.0  # a log file's line inside an epoch
 
 
 @dataclass(frozen=True)
@@ -311,6 +312,28 @@ class Warmup(keras.callbacks.Callback):
             self.model.optimizer.learning_rate.assign(self.peak_lr * min(1.0, (step + 1) / self.steps))
 
 
+class ProgressLines(keras.callbacks.Callback):
+    """A line every few minutes inside an epoch, for a log file (which gets no progress bar):
+    on a long run the throughput and the loss show long before the epoch's own line."""
+
+    def __init__(self, steps: int, batch_size: int, every_s: float):
+        super().__init__()
+        self.steps, self.batch_size, self.every_s = steps, batch_size, every_s
+        self.start = self.last = time.monotonic()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = self.last = time.monotonic()
+
+    def on_train_batch_end(self, batch, logs=None):
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        rate = (batch + 1) * self.batch_size / max(now - self.start, 1e-9)
+        print(f"  step {batch + 1}/{self.steps}: {rate:.0f} images/s, loss {float(logs['loss']):.4f}",
+              flush=True)
+
+
 class FreshImages(keras.callbacks.Callback):
     """Before every epoch, generate new images and swap them into the training source.
 
@@ -513,6 +536,8 @@ def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epo
         callbacks.insert(0, Warmup(lr, min(steps_per_epoch, 500)))
     trainer = Trainer(strategy, model, batch_size, role)
     verbose = (1 if sys.stdout.isatty() else 2) if role.chief else 0  # a log file gets one line per epoch
+    if verbose == 2:
+        callbacks.append(ProgressLines(steps_per_epoch, batch_size, PROGRESS_LINE_EVERY_S))
     epochs = trainer.fit(train_ds, val_ds, config.epochs, initial_epoch, steps_per_epoch, callbacks, verbose)
     return initial_epoch + len(epochs)
 

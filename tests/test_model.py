@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -141,8 +142,10 @@ def test_new_head_keeps_the_weights_of_the_symbols_both_charsets_share(tiny_mode
 
 
 @pytest.mark.slow
-def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys):
+def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys, monkeypatch):
     from generate import generate_captchas
+
+    monkeypatch.setattr(train, "PROGRESS_LINE_EVERY_S", 0.0)  # a line every step
 
     data = tmp_path / "digits"
     generate_captchas(data, 24, seed=7, length=4, charset="0123456789", progress=False)
@@ -152,6 +155,8 @@ def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys):
     assert "charset (10): 0123456789  lengths 4..4  (from the labels)" in out
     # A few images: a fifth for validation, so that early stopping rests on enough, and patience 12.
     assert "split: 17 train, 5 validation, 2 test; batch size 8, patience 12" in out
+    # Output to a pipe gets no progress bar, so lines inside the epoch give throughput and loss.
+    assert re.search(r"step 50/50: \d+ images/s, loss \d+\.\d{4}", out)
     model, spec = load_reader(tmp_path / "out" / "crnn_ctc_final.keras")
     assert (spec.charset, spec.min_length, spec.max_length) == ("0123456789", 4, 4)
     assert model.output_shape[-1] == 11
