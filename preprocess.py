@@ -140,17 +140,6 @@ def open_image(source: ImageSource, max_pixels: int = MAX_PIXELS) -> Image.Image
         raise unreadable(source, err) from None
 
 
-def image_pixels(data: bytes) -> int:
-    """Width x height of an encoded image from its header alone, before anything is decoded:
-    how a server refuses a decompression bomb (a few KB that decode to gigabytes)."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            return img.width * img.height
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error,
-            Image.DecompressionBombError) as err:
-        raise unreadable(data, err) from None
-
-
 def image_from_array(array: np.ndarray) -> Image.Image:
     """A uint8 array (H, W), (H, W, 1), (H, W, 3) RGB or (H, W, 4) RGBA -> PIL image."""
     if array.dtype != np.uint8:

@@ -13,7 +13,7 @@ an image that cannot be read. Requests that arrive together are read in one mode
 worker takes what is queued, waits up to `--batch-window-ms` for more (up to `--max-batch`),
 and reads them as one batch. Bad input gets a JSON error and a 4xx status, and the server
 goes on serving: 400 not an image or an empty body, 413 over `--max-bytes` or `--max-pixels`
-(checked from the image header, before decoding), 422 a multipart upload without a `file`
+(the reader's limit, checked from the image header before decoding), 422 a multipart upload without a `file`
 field, 503 when `--queue-size` requests already wait. With an ONNX model it never imports
 TensorFlow.
 """
@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from preprocess import ImageReadError, ImageTooLargeError, image_pixels
+from preprocess import ImageReadError, ImageTooLargeError
 from reader import Reader, Reading
 
 DEFAULT_MAX_BYTES = 2 * 1024 * 1024
@@ -99,9 +99,10 @@ class Batcher:
         return [result for batch in self.reader.read_batches(images) for result in batch]
 
 
-def create_app(reader: Reader, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_batch: int = 64, batch_window_ms: float = 2.0, queue_size: int = 256) -> Starlette:
-    """The HTTP service over `reader` (see the module docstring for the routes and limits)."""
+def create_app(reader: Reader, max_bytes: int = DEFAULT_MAX_BYTES, max_batch: int = 64,
+               batch_window_ms: float = 2.0, queue_size: int = 256) -> Starlette:
+    """The HTTP service over `reader` (see the module docstring for the routes and limits);
+    images over the reader's `max_pixels` are refused with 413."""
     batcher = Batcher(reader, max_batch, batch_window_ms / 1000, queue_size)
 
     async def body_within_limit(request: Request) -> bytes:
@@ -137,14 +138,6 @@ def create_app(reader: Reader, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: i
     def check(image: bytes) -> bytes:
         if not image:
             raise RequestError(400, "empty image: send the image file as the body or the field 'file'")
-        try:
-            pixels = image_pixels(image)
-        except ImageTooLargeError as err:
-            raise RequestError(413, str(err)) from None
-        except ImageReadError as err:
-            raise RequestError(400, str(err)) from None
-        if pixels > max_pixels:
-            raise RequestError(413, f"image of {pixels} pixels is over the limit of {max_pixels}")
         return image
 
     def answer(result: Reading | ImageReadError) -> dict:
@@ -158,7 +151,7 @@ def create_app(reader: Reader, max_bytes: int = DEFAULT_MAX_BYTES, max_pixels: i
             raise RequestError(422, f"/read takes one image, got {len(images)}: use /read/batch")
         result = await batcher.read(check(images[0]))
         if isinstance(result, ImageReadError):
-            raise RequestError(400, str(result))
+            raise RequestError(413 if isinstance(result, ImageTooLargeError) else 400, str(result))
         return JSONResponse(answer(result))
 
     async def read_batch(request: Request) -> JSONResponse:
@@ -213,12 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     from spec import ModelLoadError
 
     try:
-        reader = Reader.load(args.model, batch_size=args.max_batch)
+        reader = Reader.load(args.model, batch_size=args.max_batch, max_pixels=args.max_pixels)
     except ModelLoadError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    app = create_app(reader, args.max_bytes, args.max_pixels, args.max_batch, args.batch_window_ms,
-                     args.queue_size)
+    app = create_app(reader, args.max_bytes, args.max_batch, args.batch_window_ms, args.queue_size)
     print(f"serving {args.model} on http://{args.host}:{args.port}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
