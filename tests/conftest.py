@@ -1,5 +1,6 @@
 """Shared fixtures: small real data (generated CAPTCHAs), a briefly trained model, and where
-the labelled sets made by others lie (../shared/realdata beside the clone)."""
+the labelled sets made by others lie (../shared/realdata beside the clone). Scoped to the
+package: tests/ holds every test, so each is built once per run."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ SHIPPED = ROOT / "saved_model" / "crnn_ctc_final.keras"
 SAMPLE = ROOT / "tests" / "data" / "sample200"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def shipped_reader():
     """The shipped default model, loaded once for every test that only reads with it."""
     from reader import Reader
@@ -25,7 +26,7 @@ def shipped_reader():
     return Reader.load(SHIPPED)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def captcha_dir(tmp_path_factory) -> Path:
     """64 default-style CAPTCHAs named by their labels."""
     from generate import generate_captchas
@@ -35,7 +36,7 @@ def captcha_dir(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_model(captcha_dir, tmp_path_factory) -> Path:
     """A model trained for a few steps by train.py itself: real files, real code path."""
     import train
