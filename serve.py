@@ -13,9 +13,9 @@ an image that cannot be read. Requests that arrive together are read in one mode
 worker takes what is queued, waits up to `--batch-window-ms` for more (up to `--max-batch`),
 and reads them as one batch. Bad input gets a JSON error and a 4xx status, and the server
 goes on serving: 400 not an image or an empty body, 413 over `--max-bytes` or `--max-pixels`
-(the reader's limit, checked from the image header before decoding), 422 a multipart upload without a `file`
-field, 503 when `--queue-size` requests already wait. With an ONNX model it never imports
-TensorFlow.
+(the reader's limit, checked from the image header before decoding), 422 a multipart upload
+without a `file` field, 503 when `--queue-size` requests already wait. With an ONNX model it
+never imports TensorFlow.
 """
 
 from __future__ import annotations
