@@ -187,7 +187,10 @@ class Trainer:
                 hooks.on_train_batch_begin(step)
                 total += self.train_step(iterator)
                 hooks.on_train_batch_end(step, {"loss": total / (step + 1)})
-            logs = {"loss": float(total) / steps_per_epoch, "val_loss": self.validation_loss(val_ds)}
+            hooks.on_test_begin()
+            val_loss = self.validation_loss(val_ds)
+            hooks.on_test_end({"loss": val_loss})
+            logs = {"loss": float(total) / steps_per_epoch, "val_loss": val_loss}
             hooks.on_epoch_end(epoch, logs)
             done.append(epoch)
             if self.model.stop_training:

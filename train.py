@@ -79,6 +79,7 @@ class TrainConfig:
     fresh_oversample: str = ""
     fresh_seed: int = 1000
     dropout: float | None = None
+    weight_average: float | None = None
     strategy: str = "auto"
     cpu_devices: int | None = None
 
@@ -148,6 +149,10 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
     p.add_argument("--dropout", type=float, help="rate of the model's dropout layers (default: 0.2 "
                    "for a new model, the loaded model's own with --init-from); 0 suits --fresh-images, "
                    "where no image repeats")
+    p.add_argument("--weight-average", type=float, metavar="M", help="keep a moving average of the "
+                   "weights (momentum M, e.g. 0.9995: about the last 1/(1-M) steps); validation, the "
+                   "checkpoints and the final model use the average, which reads unseen styles better "
+                   "than the last step's weights (docs/experiments.md)")
     p.add_argument("--strategy", choices=STRATEGIES, default="auto", help="how to distribute "
                    "training (distribute.py): default, one device; mirrored, every local GPU or the "
                    "--cpu-devices; multiworker, the cluster in TF_CONFIG, the chief writing every file; "
@@ -169,6 +174,8 @@ def parse_args(argv: list[str] | None) -> TrainConfig:
         p.error("--views must be positive")
     if args.dropout is not None and not 0 <= args.dropout < 1:
         p.error("--dropout must be in [0, 1)")
+    if args.weight_average is not None and not 0 < args.weight_average < 1:
+        p.error("--weight-average must be in (0, 1)")
     return TrainConfig.from_args(args)
 
 
@@ -473,7 +480,14 @@ def build_or_resume(config: TrainConfig, spec: ModelSpec, init: tuple[keras.Mode
     if (state_dir / "state.json").exists():
         state = json.loads((state_dir / "state.json").read_text())
         print(f"resuming after epoch {state['epoch']} from {state_dir}")
-        return keras.saving.load_model(state_dir / "state.keras"), state["epoch"], state["best_val_loss"]
+        model = keras.saving.load_model(state_dir / "state.keras")
+        if config.weight_average:
+            # The state was saved at an epoch's end, the average swapped into the model:
+            # swap it back, so that training goes on from the last step's weights.
+            swap = keras.callbacks.SwapEMAWeights()
+            swap.set_model(model)
+            swap.on_test_begin()
+        return model, state["epoch"], state["best_val_loss"]
     if init is None:
         model = build_model(spec)
     else:
@@ -482,7 +496,8 @@ def build_or_resume(config: TrainConfig, spec: ModelSpec, init: tuple[keras.Mode
         model = init_model if same else replace_output_layer(init_model, init_spec, spec)
     if config.dropout is not None:
         model = with_dropout(model, config.dropout)
-    model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0), loss=ctc_loss)
+    average = {"use_ema": True, "ema_momentum": config.weight_average} if config.weight_average else {}
+    model.compile(optimizer=keras.optimizers.Adam(lr, clipnorm=5.0, **average), loss=ctc_loss)
     model.optimizer.build(model.trainable_variables)  # here, not inside a distributed step
     return model, 0, np.inf
 
@@ -532,6 +547,10 @@ def fit(config: TrainConfig, data: TrainingData, model: keras.Model, initial_epo
         ]
     if fresh:
         callbacks.append(fresh)
+    if config.weight_average:
+        # First, on every worker: the validation loss, the readings and the checkpoints after
+        # it see the averaged weights, and training goes on from the last step's.
+        callbacks.insert(0, keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if initial_epoch == 0:
         callbacks.insert(0, Warmup(lr, min(steps_per_epoch, 500)))
     trainer = Trainer(strategy, model, batch_size, role)

@@ -246,6 +246,40 @@ def test_interrupted_training_resumes(captcha_dir, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_weight_average_is_what_is_saved_and_a_resumed_run_goes_on_from_the_last_step(
+        tiny_model, captcha_dir, tmp_path):
+    """--weight-average M: the checkpoints hold the moving average of the weights, and a run
+    resumed from its saved state trains on from the last step's weights. With M this close to
+    1 the average stays at the first step's weights, near the start and far from the last step."""
+    args = ["--init-from", str(tiny_model), "--data-dir", str(captcha_dir), "--batch-size", "8",
+            "--charset", DEFAULT_CHARSET, "--patience", "50", "--lr", "3e-3", "--out", str(tmp_path),
+            "--weight-average", "0.999999"]
+    start, spec = load_reader(tiny_model)
+
+    def moved(model: keras.Model) -> float:
+        return max(float(np.abs(w.numpy() - s.numpy()).max())
+                   for w, s in zip(model.trainable_weights, start.trainable_weights))
+
+    original = train.Checkpoints.on_epoch_end
+
+    def save_then_stop(self, epoch, logs=None):
+        original(self, epoch, logs)
+        raise KeyboardInterrupt
+
+    train.Checkpoints.on_epoch_end = save_then_stop
+    try:
+        assert train.cli(args + ["--epochs", "2"]) == 130
+    finally:
+        train.Checkpoints.on_epoch_end = original
+    best, _ = load_reader(tmp_path / "crnn_ctc_best.keras")
+    config = train.parse_args(args + ["--epochs", "2"])
+    resumed, done, _ = train.build_or_resume(config, spec, None, tmp_path / ".resume" / config.fingerprint(),
+                                             3e-3)
+    assert done == 1
+    assert moved(resumed) > 0.05 and moved(best) < moved(resumed) / 20, (moved(best), moved(resumed))
+
+
+@pytest.mark.slow
 def test_dropout_can_be_turned_off_and_on_again_keeping_the_weights():
     spec = ModelSpec()
     model = build_model(spec)
