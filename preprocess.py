@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import struct
+import sys
 import threading
 import warnings
 from collections import Counter
@@ -445,9 +446,15 @@ def label_fit_warning(labels: list[str], spec: ModelSpec, outcome: str = "left o
 
 
 def readable_labelled_images(folder: str | Path, spec: ModelSpec) -> Dataset:
-    """`scan_labelled_folder` for reading with a model: raises ValueError when no image is
-    left, so a benchmark says why instead of printing figures of nothing."""
-    scan = scan_labelled_folder(folder, spec)
+    """`scan_labelled_folder` for reading with a model, in one scan: warns on stderr of the
+    labels `spec` cannot give (label_fit_warning), so that a score never silently covers part
+    of a folder, and raises ValueError when no image is left, so that a benchmark says why
+    instead of printing figures of nothing."""
+    found = scan_labelled_folder(folder, None)
+    warning = label_fit_warning(found.labels, spec)
+    if warning:
+        print(f"warning: {folder}: {warning}", file=sys.stderr)
+    scan = found.filtered(spec)
     if not scan.names:
         raise ValueError(f"{folder}: no labelled images this model can read ({scan.summary()})")
     return scan

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -26,17 +27,14 @@ sys.path.insert(0, str(ROOT))
 from files import write_text_atomic  # noqa: E402
 from generate import generate_captchas  # noqa: E402
 from metrics import calibration_report, confusion_pairs, score  # noqa: E402
-from preprocess import label_fit_warning, readable_labelled_images, scan_labelled_folder  # noqa: E402
+from preprocess import readable_labelled_images  # noqa: E402
 from reader import Reader  # noqa: E402
 from spec import ModelLoadError  # noqa: E402
 
 
 def read_folder(reader: Reader, folder: Path) -> tuple[list[str], list[str], list[float]]:
-    """(predictions, truths, confidences) for every valid labelled image in `folder`; the
-    others are counted in a warning, so that a score never silently covers part of a folder."""
-    warning = label_fit_warning(scan_labelled_folder(folder, None).labels, reader.spec)
-    if warning:
-        print(f"warning: {folder}: {warning}", file=sys.stderr)
+    """(predictions, truths, confidences) for every labelled image in `folder` the model can
+    read; the others are counted in a warning."""
     scan = readable_labelled_images(folder, reader.spec)
     readings = reader.read_all(scan.paths)
     return [r.text for r in readings], scan.labels, [r.confidence for r in readings]
@@ -87,10 +85,22 @@ def main() -> int:
             reread_share = float(np.mean(np.array(once) < args.reread_below))
     results = score(predictions, truths)
     pairs = confusion_pairs(predictions, truths)
+    if reread_share is not None:
+        results["reread_share"] = reread_share
+    results["exact_match_ci_0o"] = score([merge_lookalikes(p) for p in predictions],
+                                         [merge_lookalikes(t) for t in truths])["exact_match"]
+    calib = calibration_report(confidences, [p == t for p, t in zip(predictions, truths)])
+    results["calibration"] = {k: v for k, v in calib.items() if k != "table"}
+    # Files first: a report piped into `head` may end this process at any line below.
+    if args.record:
+        record(Path(args.model).with_suffix(".metrics.json"), args.record, results)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(
+            results | {"confusions": {f"{t}->{p}": n for (t, p), n in pairs.most_common()}}, indent=2))
+
     source = args.folder or f"generated default style, {args.count} images, seed {args.seed}"
     print(f"model: {args.model}\ndata: {source}" + (f"\nviews: {args.views}" if args.views > 1 else ""))
     if reread_share is not None:
-        results["reread_share"] = reread_share
         print(f"re-read with {args.views} views below confidence {args.reread_below}: "
               f"{reread_share:.1%} of the images (model time {1 + reread_share * (args.views - 1):.2f}x "
               "one reading)")
@@ -98,13 +108,10 @@ def main() -> int:
           f"cer={results['cer']:.4f} n={results['n']}")
     case_only = sum(n for (t, p), n in pairs.items() if t.lower() == p.lower())
     print(f"substitutions: {sum(pairs.values())}, of which case only: {case_only}")
-    results["exact_match_ci_0o"] = score([merge_lookalikes(p) for p in predictions],
-                                         [merge_lookalikes(t) for t in truths])["exact_match"]
     print(f"exact match ignoring case and 0/O/o: {results['exact_match_ci_0o']:.4f}")
     print("top confusions (true -> predicted: count):")
     for (t, p), n in pairs.most_common(args.top):
         print(f"  {t} -> {p}: {n}")
-    calib = calibration_report(confidences, [p == t for p, t in zip(predictions, truths)])
     print(f"confidence: ECE={calib['ece']:.4f}; accuracy at 100% coverage "
           f"{calib['accuracy_at_100_coverage']:.4f}, at 90% coverage "
           f"{calib['accuracy_at_90_coverage']:.4f} "
@@ -112,12 +119,6 @@ def main() -> int:
     print("reliability (confidence bin: n, mean confidence, accuracy):")
     for lo, hi, n, mean_conf, acc in calib["table"]:
         print(f"  {lo:.1f}-{hi:.1f}: {n:5d}  {mean_conf:.3f}  {acc:.3f}")
-    results["calibration"] = {k: v for k, v in calib.items() if k != "table"}
-    if args.record:
-        record(Path(args.model).with_suffix(".metrics.json"), args.record, results)
-    if args.json:
-        results["confusions"] = {f"{t}->{p}": n for (t, p), n in pairs.most_common()}
-        write_text_atomic(args.json, json.dumps(results, indent=2))
     return 0
 
 
@@ -134,3 +135,6 @@ if __name__ == "__main__":
         sys.exit(main())
     except (FileNotFoundError, ModelLoadError, ValueError) as err:
         sys.exit(f"error: {err}")
+    except BrokenPipeError:  # the reader of a pipe stopped early; the files are written by then
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        sys.exit(1)

@@ -134,6 +134,28 @@ def test_scripts_answer_bad_input_in_one_line_as_real_processes(bad_files, tmp_p
     assert_one_line_error(run("bench/peers.py", "--model", "missing.keras"), "model not found")
 
 
+@pytest.mark.slow
+def test_accuracy_bench_writes_its_figures_before_a_closed_pipe_ends_it(tmp_path):
+    """`bench/accuracy.py --record KEY | head` must still record, warn of the labels the model
+    cannot give, and end without a traceback."""
+    model = tmp_path / "model.onnx"
+    shutil.copy(ONNX, model)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for image in sorted(SAMPLE.glob("*.png"))[:20]:
+        shutil.copy(image, folder / image.name)
+    shutil.copy(image, folder / "ABCDEFGH.png")  # 8 symbols: the default model reads 5
+    process = subprocess.Popen([sys.executable, "bench/accuracy.py", "--model", str(model), "--folder",
+                                str(folder), "--record", "pipe"], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # the reader is gone before the first line
+    err = process.stderr.read()
+    assert process.wait(timeout=300) == 1
+    assert "Traceback" not in err
+    assert "1 of 21 labels do not fit the model" in err
+    assert json.loads(model.with_suffix(".metrics.json").read_text())["pipe"]["n"] == 20
+
+
 def test_missing_model_and_not_a_model(read_cli, captcha_dir, bad_files):
     image = str(sorted(captcha_dir.glob("*.png"))[0])
     assert_one_line_error(read_cli("--model", "missing.keras", "--image", image),
