@@ -42,6 +42,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from fontTools.agl import UV2AGL
+from fontTools.ttLib import TTFont, TTLibError
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from tqdm import tqdm
 
@@ -77,10 +79,34 @@ def synthetic_labels(count: int, seed: int, length: int = DEFAULT_LABEL_LENGTH,
     return ["".join(rng.choice(charset) for _ in range(draw_length())) for _ in range(count)]
 
 
+def draws_charset(path: str, charset: str = DEFAULT_CHARSET) -> bool:
+    """Whether the font at `path` draws every symbol of `charset` as that symbol.
+
+    Symbol fonts (Dingbats, Symbol's Greek) map the Latin code points to other glyphs, and
+    initials or caps-only fonts leave out the lower case or draw it as the upper case: an
+    image in any of them shows another label than its file name, which teaches a wrong
+    reading in training and caps every reader's score in a benchmark. A glyph is taken as
+    the symbol when its name is the symbol's standard (AGL) name, `uniXXXX`, or one of these
+    with a suffix (`a.alt`)."""
+    try:
+        with TTFont(path, lazy=True) as font:
+            glyphs = font.getBestCmap() or {}
+    except (TTLibError, OSError, KeyError, AssertionError):  # fontTools' errors on broken files
+        return False
+    for symbol in charset:
+        name = glyphs.get(ord(symbol))
+        if name is None or (symbol != symbol.upper() and name == glyphs.get(ord(symbol.upper()))):
+            return False
+        if name.split(".")[0] not in (UV2AGL.get(ord(symbol)), f"uni{ord(symbol):04X}"):
+            return False
+    return True
+
+
 @lru_cache(maxsize=8)
 def font_files(folders: tuple[str, ...] | None = None) -> tuple[str, ...]:
-    """Every TrueType/OpenType font in `folders` (font files, or folders searched recursively);
-    by default the fonts shipped in fonts/ and every font installed on the machine.
+    """Every TrueType/OpenType font in `folders` (font files, or folders searched recursively)
+    that draws all of A-Z a-z 0-9 (`draws_charset`); by default the fonts shipped in fonts/
+    and every font installed on the machine.
 
     Installed fonts differ between machines, so a set made elsewhere draws from other fonts;
     naming `fonts` alone makes the same images everywhere, and leaves font families out of
@@ -92,7 +118,11 @@ def font_files(folders: tuple[str, ...] | None = None) -> tuple[str, ...]:
                     if p.suffix.lower() in (".ttf", ".otf")})
     if not found:
         raise RuntimeError(f"no .ttf or .otf fonts in {', '.join(map(str, places))}")
-    return tuple(found)
+    usable = tuple(path for path in found if draws_charset(path))
+    if not usable:
+        raise RuntimeError(f"none of the {len(found)} fonts in {', '.join(map(str, places))} draws "
+                           f"all of A-Z a-z 0-9")
+    return usable
 
 
 def _random_color(rng: random.Random) -> tuple[int, int, int]:

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import random
+import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 
 import generate
 from conftest import REALDATA_DIR
-from generate import SHIPPED_FONTS, VARIED_CELL, font_files, generate_captchas, main, synthetic_labels
+from generate import (SHIPPED_FONTS, VARIED_CELL, draws_charset, font_files, generate_captchas, main,
+                      synthetic_labels)
 from preprocess import label_from_path, prepare
 from spec import DEFAULT_CHARSET, ModelSpec
 
@@ -148,6 +151,30 @@ def test_every_listed_font_draws_ink_and_the_shipped_ones_are_always_there():
         image = Image.new("L", (60, 60), 0)
         ImageDraw.Draw(image).text((10, 5), "A", fill=255, font=ImageFont.truetype(path, 40))
         assert np.asarray(image).mean() > 2, path
+
+
+def test_fonts_that_draw_other_glyphs_for_the_symbols_are_left_out(tmp_path):
+    """Copies of a shipped font altered as symbol, initials and caps-only fonts are made: each
+    would draw an image that shows another label than its name, so none is drawn from."""
+    original = SHIPPED_FONTS / "Lato-Regular.ttf"
+
+    def altered(name: str, change) -> Path:
+        font = TTFont(original)
+        for table in font["cmap"].tables:
+            change(table.cmap)
+        font.save(tmp_path / name)
+        return tmp_path / name
+
+    altered("symbol.ttf", lambda cmap: cmap.update({ord("A"): cmap[ord("B")]}))  # A draws a B
+    altered("initials.ttf", lambda cmap: cmap.pop(ord("q"), None))  # no q
+    altered("capitals.ttf", lambda cmap: cmap.update({ord("k"): cmap[ord("K")]}))  # k draws a K
+    shutil.copy(original, tmp_path / "kept.ttf")
+    assert [Path(p).name for p in font_files((str(tmp_path),))] == ["kept.ttf"]
+    assert draws_charset(str(tmp_path / "capitals.ttf"), "ABC0")
+    (tmp_path / "kept.ttf").unlink()
+    font_files.cache_clear()
+    with pytest.raises(RuntimeError, match="none of the 3 fonts .* draws all of A-Z a-z 0-9"):
+        font_files((str(tmp_path),))
 
 
 def test_a_fonts_folder_without_fonts_is_refused(tmp_path, capsys):
