@@ -83,11 +83,11 @@ def draws_charset(path: str, charset: str = DEFAULT_CHARSET) -> bool:
     """Whether the font at `path` draws every symbol of `charset` as that symbol.
 
     Symbol fonts (Dingbats, Symbol's Greek) map the Latin code points to other glyphs, and
-    initials or caps-only fonts leave out the lower case or draw it as the upper case: an
-    image in any of them shows another label than its file name, which teaches a wrong
-    reading in training and caps every reader's score in a benchmark. A glyph is taken as
-    the symbol when its name is the symbol's standard (AGL) name, `uniXXXX`, or one of these
-    with a suffix (`a.alt`)."""
+    initials or caps-only fonts (Bebas Neue) leave out the lower case or draw it as the upper
+    case: an image in any of them shows another label than its file name, which teaches a
+    wrong reading in training and caps every reader's score in a benchmark. A glyph is taken
+    as the symbol when its name is the symbol's standard (AGL) name or `uniXXXX`, either with
+    a suffix (`a.alt`) or not, and a small letter when it is not drawn as its capital is."""
     try:
         with TTFont(path, lazy=True) as font:
             glyphs = font.getBestCmap() or {}
@@ -95,11 +95,14 @@ def draws_charset(path: str, charset: str = DEFAULT_CHARSET) -> bool:
         return False
     for symbol in charset:
         name = glyphs.get(ord(symbol))
-        if name is None or (symbol != symbol.upper() and name == glyphs.get(ord(symbol.upper()))):
+        if name is None or name.split(".")[0] not in (UV2AGL.get(ord(symbol)), f"uni{ord(symbol):04X}"):
             return False
-        if name.split(".")[0] not in (UV2AGL.get(ord(symbol)), f"uni{ord(symbol):04X}"):
-            return False
-    return True
+    try:
+        drawn = ImageFont.truetype(path, 32)
+    except OSError:  # a file fontTools reads but FreeType, which draws, does not
+        return False
+    return not any(bytes(drawn.getmask(symbol)) == bytes(drawn.getmask(symbol.upper()))
+                   for symbol in charset if symbol != symbol.upper())  # a capital for a small letter
 
 
 @lru_cache(maxsize=8)
