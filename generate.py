@@ -362,21 +362,21 @@ def draw_wheezy(label: str, seed: str, fonts: tuple[str, ...]) -> Image.Image:
     return draw(list(label))
 
 
-def _write_one(path: str, style: str, seed: int, fonts: tuple[str, ...] | None) -> None:
+def _write_one(path: str, style: str, seed: int, font_paths: tuple[str, ...] | None) -> None:
     label = label_from_path(path)
     with atomic_path(path) as tmp:
         if style == "varied":
-            draw_varied(label, random.Random(f"{seed}:{Path(path).name}"), font_files(fonts)).save(tmp)
+            draw_varied(label, random.Random(f"{seed}:{Path(path).name}"), font_paths).save(tmp)
         elif style == "mixed":
-            draw_mixed(label, random.Random(f"{seed}:{Path(path).name}"), font_files(fonts)).save(tmp)
+            draw_mixed(label, random.Random(f"{seed}:{Path(path).name}"), font_paths).save(tmp)
         elif style == "multicolorcaptcha":
             draw_multicolorcaptcha(label, f"{seed}:{Path(path).name}").save(tmp)
         elif style == "wheezy":
-            draw_wheezy(label, f"{seed}:{Path(path).name}", font_files(fonts)).save(tmp)
+            draw_wheezy(label, f"{seed}:{Path(path).name}", font_paths).save(tmp)
         else:
             from captcha.image import ImageCaptcha
 
-            chosen = list(font_files(fonts)) if fonts else None  # None: the package's own font
+            chosen = list(font_paths) if font_paths else None  # None: the package's own font
             ImageCaptcha(width=CAPTCHA_WIDTH, height=CAPTCHA_HEIGHT, fonts=chosen).write(label, tmp)
 
 
@@ -397,8 +397,11 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
         _multicolor_generator()  # fail here, with the install hint, not in every worker
     if style == "wheezy":
         _wheezy()  # the same: fail once, here
+    font_paths = None
     if style != "multicolorcaptcha" and (fonts or style != "default"):
-        font_files(fonts)  # fail here when no font is found, not in every worker
+        # Found and checked once, here: a missing font fails before any work, and the workers
+        # skip the checks (seconds per process with a few hundred fonts installed).
+        font_paths = font_files(fonts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[str, int] = {}
@@ -409,7 +412,7 @@ def generate_captchas(out_dir: str | Path, count: int, seed: int = 0,
         paths.append(out_dir / (f"{label}.png" if n == 1 else f"{label}_{n}.png"))
     missing = [str(p) for p in paths if not p.exists()]
     if missing:
-        write = partial(_write_one, style=style, seed=seed, fonts=fonts)
+        write = partial(_write_one, style=style, seed=seed, font_paths=font_paths)
         with ProcessPoolExecutor(max_workers=workers or os.cpu_count()) as pool, \
                 tqdm(total=len(missing), desc=f"generate {out_dir}", unit="img",
                      disable=None if progress else True) as bar:  # None: off in a pipe
