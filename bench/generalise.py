@@ -8,6 +8,7 @@ The outside styles are generators and font families that pretraining leaves out
 - `wheezy`: the wheezy.captcha generator (generate.py --style wheezy) in held-out fonts;
 - `varied-unseen-fonts`: generate.py's varied style in held-out fonts;
 - `multicolorcaptcha`: that package's generator (4 of A-Z 0-9);
+- `wheezy-4-caps`: wheezy again, in held-out fonts, with a site's narrower alphabet: 4 of A-Z 2-9;
 and, when ../shared/realdata is beside the clone, each labelled set there (zero-shot only).
 Every style gets 1,000 test images and a separate pool of 500 for fine-tuning, made once into
 data/generalise/ by seeds of their own. Writes OUT.md (table), OUT.json and OUT.png (plot).
@@ -45,12 +46,15 @@ HELD_OUT_FONTS = tuple("/usr/share/fonts/" + place for place in (
 FONT_PACKAGES = ("fonts-dejavu-core fonts-freefont-ttf fonts-urw-base35 fonts-linuxlibertine "
                  "fonts-sil-gentium fonts-crosextra-carlito fonts-hack fonts-noto-mono")
 LETTERS_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+CAPS_DIGITS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ23456789"  # no 0 and 1, which read as O and I
 # style name -> generate_captchas options (labels: 5 of A-Z a-z 0-9 unless given)
 STYLES = {
     "default-unseen-fonts": dict(style="default", held_out_fonts=True),
     "wheezy": dict(style="wheezy", held_out_fonts=True),
     "varied-unseen-fonts": dict(style="varied", held_out_fonts=True, min_length=4, length=6),
     "multicolorcaptcha": dict(style="multicolorcaptcha", length=4, charset=LETTERS_DIGITS),
+    # A site's narrower alphabet, as many show: 4 of A-Z 2-9, warped, in held-out fonts.
+    "wheezy-4-caps": dict(style="wheezy", held_out_fonts=True, length=4, charset=CAPS_DIGITS),
 }
 TEST_COUNT, POOL_COUNT = 1000, 500
 
