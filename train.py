@@ -201,7 +201,8 @@ def cache_dir_for(data_dir: Path) -> Path:
     return Path(tempfile.gettempdir()) / "captcha-crnn-cache"
 
 
-def choose_spec(labels: list[str], config: TrainConfig, init_spec: ModelSpec | None) -> ModelSpec:
+def choose_spec(labels: list[str], config: TrainConfig,
+                init_spec: ModelSpec | None) -> tuple[ModelSpec, str]:
     """Flags first; then the default spec for synthetic data, else the charset and lengths
     found in the labels, even when fine-tuning a model that reads more, so that the reader
     never answers a symbol or a length the site does not show (on 500 images of 4 of A-Z 2-9
@@ -209,20 +210,23 @@ def choose_spec(labels: list[str], config: TrainConfig, init_spec: ModelSpec | N
     0.827, within the spread of runs). A pretrained model's input size and preprocessing options
     stay: its features were learned on images read that way; so does its number of views
     unless --views says otherwise. With --epochs 0 (evaluate, recalibrate) a model whose spec
-    fits every label keeps it: its weights must not change."""
-    if not config.data_dir:
-        base = ModelSpec()
+    fits every label keeps it: its weights must not change. Returns the spec and where its
+    charset came from, for the log."""
+    if config.charset:
+        base, source = ModelSpec(), "--charset"
+    elif not config.data_dir:
+        base, source = ModelSpec(), "the default"
     elif config.epochs == 0 and init_spec is not None and all(init_spec.label_problem(s) is None
                                                               for s in labels):
-        base = init_spec
+        base, source = init_spec, "--init-from"
     else:
-        base = infer_spec(labels)
+        base, source = infer_spec(labels), "the labels; --charset sets it"
     reading = init_spec or ModelSpec()
     return ModelSpec(config.charset or base.charset, config.min_length or base.min_length,
                      config.max_length or base.max_length, reading.img_height, reading.img_width,
                      auto_crop=config.auto_crop or reading.auto_crop,
                      color_distance=config.color_distance or reading.color_distance,
-                     views=config.views or reading.views)
+                     views=config.views or reading.views), source
 
 
 def augment(images: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
@@ -448,7 +452,7 @@ def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
     found = scan_labelled_folder(data_dir, None)
     if not found.labels:
         raise ValueError(f"{data_dir}: no labelled images ({found.summary()})")
-    spec = choose_spec(found.labels[: config.limit], config, init_spec)
+    spec, charset_source = choose_spec(found.labels[: config.limit], config, init_spec)
     scan = found.filtered(spec)
     warning = label_fit_warning(found.labels[: config.limit], spec)
     if warning:
@@ -457,12 +461,8 @@ def load_data(config: TrainConfig, init_spec: ModelSpec | None) -> TrainingData:
     if len(paths) < 3:
         raise ValueError(f"{data_dir}: need at least 3 usable labelled images ({scan.summary()})")
     print(f"data: {data_dir}: {scan.summary()}; using {len(paths)}")
-    source = ""
-    if config.data_dir and not config.charset:
-        kept = init_spec is not None and spec.charset == init_spec.charset and config.epochs == 0
-        source = "  (from --init-from)" if kept else "  (from the labels; --charset sets it)"
     print(f"charset ({len(spec.charset)}): {spec.charset}  lengths {spec.min_length}..{spec.max_length}"
-          + source)
+          f"  (from {charset_source})")
     options = [name for name, on in (("auto-crop", spec.auto_crop), ("colour distance", spec.color_distance),
                                      (f"{spec.views} views", spec.views > 1)) if on]
     if options:

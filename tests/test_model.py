@@ -166,7 +166,7 @@ def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys, monkeypatch)
 
 
 @pytest.mark.slow
-def test_zero_epochs_recalibrates_a_model_without_changing_its_weights(tmp_path):
+def test_zero_epochs_recalibrates_a_model_without_changing_its_weights(tmp_path, capsys):
     from generate import generate_captchas
 
     shipped = Path(__file__).resolve().parent.parent / "saved_model" / "crnn_ctc_final.keras"
@@ -175,6 +175,7 @@ def test_zero_epochs_recalibrates_a_model_without_changing_its_weights(tmp_path)
     assert train.main(["--init-from", str(shipped), "--data-dir", str(data), "--epochs", "0",
                        "--val-fraction", "0.5", "--test-fraction", "0.4", "--out", str(tmp_path / "out"),
                        "--name", "recal"]) == 0
+    assert "(from --init-from)" in capsys.readouterr().out
     model, spec = load_reader(tmp_path / "out" / "recal_final.keras")
     original, original_spec = load_reader(shipped)
     for new_weights, old_weights in zip(model.get_weights(), original.get_weights()):
