@@ -212,15 +212,15 @@ def choose_spec(labels: list[str], config: TrainConfig,
     unless --views says otherwise. With --epochs 0 (evaluate, recalibrate) a model whose spec
     fits every label keeps it: its weights must not change. Returns the spec and where its
     charset came from, for the log."""
-    if config.charset:
-        base, source = ModelSpec(), "--charset"
-    elif not config.data_dir:
+    if not config.data_dir:
         base, source = ModelSpec(), "the default"
     elif config.epochs == 0 and init_spec is not None and all(init_spec.label_problem(s) is None
                                                               for s in labels):
         base, source = init_spec, "--init-from"
     else:
         base, source = infer_spec(labels), "the labels; --charset sets it"
+    if config.charset:
+        source = "--charset"
     reading = init_spec or ModelSpec()
     return ModelSpec(config.charset or base.charset, config.min_length or base.min_length,
                      config.max_length or base.max_length, reading.img_height, reading.img_width,

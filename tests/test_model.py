@@ -141,6 +141,13 @@ def test_new_head_keeps_the_weights_of_the_symbols_both_charsets_share(tiny_mode
                                                                  spec.charset.index("9") + 1]])
 
 
+def test_a_given_charset_keeps_the_lengths_of_the_labels(tmp_path):
+    """--charset sets the symbols only; lengths still come from the labels unless given."""
+    config = train.parse_args(["--data-dir", str(tmp_path), "--charset", "abcdefg"])
+    spec, source = train.choose_spec(["abc", "abcdefg"], config, None)
+    assert (spec.charset, spec.min_length, spec.max_length, source) == ("abcdefg", 3, 7, "--charset")
+
+
 @pytest.mark.slow
 def test_fine_tuning_to_a_new_charset(tiny_model, tmp_path, capsys, monkeypatch):
     """Charset and lengths come from the labels even where the model's own spec (A-Z a-z 0-9,
